@@ -1,0 +1,338 @@
+//! `mandate profiles check|show|explain`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use mandate::catalog::AccessLevel;
+use mandate::diag::Diagnostic;
+use mandate::policy::{self, CompiledProfile, MAX_POLICY_CHARS, explain};
+use mandate::profile::{self, ProfileError};
+
+use super::{Exit, default_profiles_dir, print_bytes};
+
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCmd {
+    /// Validate profiles and compile their session policies; report every problem at once
+    #[command(
+        long_about = "Validate profiles and compile their session policies.\n\n\
+        Every problem in every file is reported at once, as FILE:LINE:COL: MESSAGE, and the exit \
+        code is 3 if there is any. Directories are searched for *.toml files."
+    )]
+    Check {
+        /// Profile files or directories [default: profiles]
+        paths: Vec<PathBuf>,
+        /// Print only problems
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print the compiled session policy of a profile, its sha256 and its size against the limit
+    Show {
+        /// Profile name (the file stem)
+        name: String,
+        /// Directory holding the profiles
+        #[arg(long, value_name = "DIR", env = "MANDATE_PROFILES_DIR")]
+        profiles: Option<PathBuf>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the concrete actions a session can use, by access level, and what is denied
+    Explain {
+        /// Profile name (the file stem)
+        name: String,
+        /// Directory holding the profiles
+        #[arg(long, value_name = "DIR", env = "MANDATE_PROFILES_DIR")]
+        profiles: Option<PathBuf>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: ProfilesCmd) -> Exit {
+    match cmd {
+        ProfilesCmd::Check { paths, quiet } => check(paths, quiet),
+        ProfilesCmd::Show {
+            name,
+            profiles,
+            json,
+        } => with_compiled(&name, profiles, |c| {
+            if json { show_json(c) } else { show_text(c) }
+        }),
+        ProfilesCmd::Explain {
+            name,
+            profiles,
+            json,
+        } => with_compiled(&name, profiles, |c| {
+            let e = explain::explain(c);
+            if json {
+                json_text(&e.to_json(c))
+            } else {
+                explain_text(c, &e)
+            }
+        }),
+    }
+}
+
+fn load_and_compile(path: &Path) -> Result<CompiledProfile, ProfileError> {
+    let p = profile::load(path)?;
+    policy::compile(&p)
+        .map_err(|e| ProfileError::Invalid(vec![Diagnostic::whole_file(&p.source, e.to_string())]))
+}
+
+fn report(e: &ProfileError) -> Exit {
+    match e {
+        ProfileError::Invalid(diags) => {
+            for d in diags {
+                eprintln!("{d}");
+            }
+            Exit::Invalid
+        }
+        ProfileError::BadName(_) => {
+            eprintln!("error: {e}");
+            Exit::Usage
+        }
+        other => {
+            eprintln!("error: {other}");
+            Exit::NotFound
+        }
+    }
+}
+
+fn check(paths: Vec<PathBuf>, quiet: bool) -> Exit {
+    let paths = if paths.is_empty() {
+        vec![default_profiles_dir()]
+    } else {
+        paths
+    };
+    let files = match profile::discover(&paths) {
+        Ok(f) => f,
+        Err(e) => return report(&e),
+    };
+    let mut bad_files = 0;
+    let mut problems = 0;
+    let mut out = String::new();
+    for file in &files {
+        match load_and_compile(file) {
+            Ok(c) => {
+                if !quiet {
+                    let _ = writeln!(
+                        out,
+                        "ok    {}  ({} / {MAX_POLICY_CHARS} chars, approval {})",
+                        file.display(),
+                        c.size.total,
+                        c.profile.approval
+                    );
+                }
+            }
+            Err(ProfileError::Invalid(diags)) => {
+                bad_files += 1;
+                problems += diags.len();
+                for d in diags {
+                    eprintln!("{d}");
+                }
+            }
+            Err(e) => {
+                bad_files += 1;
+                problems += 1;
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    let printed = print_bytes(out.as_bytes());
+    if bad_files > 0 {
+        eprintln!(
+            "error: {problems} problem(s) in {bad_files} of {} profile(s)",
+            files.len()
+        );
+        return Exit::Invalid;
+    }
+    if !quiet {
+        let _ = print_bytes(format!("{} profile(s) ok\n", files.len()).as_bytes());
+    }
+    printed
+}
+
+fn with_compiled(
+    name: &str,
+    dir: Option<PathBuf>,
+    f: impl FnOnce(&CompiledProfile) -> Exit,
+) -> Exit {
+    let dir = dir.unwrap_or_else(default_profiles_dir);
+    match profile::locate(&dir, name).and_then(|p| load_and_compile(&p)) {
+        Ok(c) => f(&c),
+        Err(e) => report(&e),
+    }
+}
+
+fn json_text(v: &serde_json::Value) -> Exit {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    print_bytes(s.as_bytes())
+}
+
+fn show_json(c: &CompiledProfile) -> Exit {
+    json_text(&c.to_json())
+}
+
+fn show_text(c: &CompiledProfile) -> Exit {
+    let p = &c.profile;
+    let mut s = String::new();
+    let pct = c.size.total * 100 / MAX_POLICY_CHARS;
+    let _ = writeln!(s, "profile      {}  ({})", p.name, p.source);
+    let _ = writeln!(s, "description  {}", p.description);
+    let _ = writeln!(s, "role         {}", p.role.as_str());
+    let _ = writeln!(
+        s,
+        "duration     {} ({} s)",
+        p.duration,
+        p.duration.seconds()
+    );
+    let _ = writeln!(s, "approval     {}", p.approval);
+    let _ = writeln!(
+        s,
+        "policy size  {} / {MAX_POLICY_CHARS} characters ({pct}%)",
+        c.size.total
+    );
+    for (label, n) in &c.size.parts {
+        let _ = writeln!(s, "               {n:>5}  {label}");
+    }
+    let _ = writeln!(s, "sha256       {}", c.policy.sha256());
+    let arns = c.policy_arns();
+    let _ = writeln!(
+        s,
+        "policy arns  {}",
+        if arns.is_empty() {
+            "(none)".to_owned()
+        } else {
+            arns.join(", ")
+        }
+    );
+    let tags: Vec<String> = p.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(
+        s,
+        "tags         {}",
+        if tags.is_empty() {
+            "(none)".to_owned()
+        } else {
+            tags.join(", ")
+        }
+    );
+    if !p.destructive.is_empty() {
+        let d: Vec<String> = p.destructive.iter().map(|d| d.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "destructive  {} (each session needs approval {})",
+            d.join(", "),
+            p.approval
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nsession policy (exact bytes sent to STS; the sha256 is over this line):"
+    );
+    let _ = writeln!(s, "{}", c.policy.as_json());
+    print_bytes(s.as_bytes())
+}
+
+const LIST_LIMIT: usize = 40;
+
+fn explain_text(c: &CompiledProfile, e: &explain::Explanation) -> Exit {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{}: {} — {} action(s) usable (role {}, approval {})",
+        c.profile.name,
+        c.profile.description,
+        e.usable_count(),
+        c.profile.role.as_str(),
+        c.profile.approval
+    );
+    for level in AccessLevel::ALL {
+        let Some(list) = e.usable.get(&level) else {
+            continue;
+        };
+        let _ = writeln!(s, "\n{level} ({})", list.len());
+        if list.len() > LIST_LIMIT {
+            let mut per_service: Vec<(&str, usize)> = Vec::new();
+            for u in list {
+                match per_service.last_mut() {
+                    Some((svc, n)) if *svc == u.action.service => *n += 1,
+                    _ => per_service.push((u.action.service, 1)),
+                }
+            }
+            let shown: Vec<String> = per_service
+                .iter()
+                .map(|(s, n)| format!("{s} ({n})"))
+                .collect();
+            let _ = writeln!(s, "  {}", shown.join(", "));
+            let _ = writeln!(s, "  (--json lists every action)");
+            continue;
+        }
+        for u in list {
+            let mut notes = Vec::new();
+            if u.conditional {
+                notes.push("conditional");
+            }
+            if u.partly_denied {
+                notes.push("partly denied");
+            }
+            if u.action.is_destructive() {
+                notes.push("destructive: needs approval");
+            }
+            let resources: Vec<&str> = u.resources.iter().map(String::as_str).collect();
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", notes.join(", "))
+            };
+            let _ = writeln!(
+                s,
+                "  {:<48} on {}{notes}",
+                u.action.full_name(),
+                resources.join(", ")
+            );
+        }
+    }
+    let summary = |s: &mut String, title: &str, list: &[&mandate::catalog::Action]| {
+        let _ = writeln!(s, "\n{title} ({})", list.len());
+        if list.len() > LIST_LIMIT {
+            let names: Vec<String> = list
+                .iter()
+                .take(LIST_LIMIT)
+                .map(|a| a.full_name())
+                .collect();
+            let _ = writeln!(s, "  {} ... (--json lists all)", names.join(", "));
+        } else if !list.is_empty() {
+            let names: Vec<String> = list.iter().map(|a| a.full_name()).collect();
+            let _ = writeln!(s, "  {}", names.join(", "));
+        }
+    };
+    summary(
+        &mut s,
+        "Denied automatically as destructive",
+        &e.auto_denied,
+    );
+    summary(
+        &mut s,
+        "Denied by the profile's [[deny]] blocks",
+        &e.declared_denied,
+    );
+    summary(
+        &mut s,
+        "Destructive, usable only with approval",
+        &e.needs_approval,
+    );
+    let _ = writeln!(
+        s,
+        "\nEvery session of this profile needs approval: {}",
+        match c.profile.approval {
+            profile::Approval::None => "no (issued without a human)".to_owned(),
+            profile::Approval::Operator => "yes, from a human approver (ask-first)".to_owned(),
+            profile::Approval::Peers(n) =>
+                format!("yes, from {n} distinct approvers, never the agent's operator"),
+        }
+    );
+    print_bytes(s.as_bytes())
+}

@@ -1,0 +1,131 @@
+//! What a compiled session can do, evaluated from the compiled policy document itself (not from
+//! the profile), so the explanation describes the bytes that go to STS.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::catalog::{self, AccessLevel, Action};
+use crate::policy::{CompiledProfile, Effect};
+use crate::profile::Approval;
+
+/// One action the session can use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Usable {
+    pub action: &'static Action,
+    /// Resources of the allow statements that grant it.
+    pub resources: BTreeSet<String>,
+    /// Granted only under a condition.
+    pub conditional: bool,
+    /// Some deny statement limits it to fewer resources or conditions.
+    pub partly_denied: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Explanation {
+    pub usable: BTreeMap<AccessLevel, Vec<Usable>>,
+    /// Destructive actions the automatic Deny covers.
+    pub auto_denied: Vec<&'static Action>,
+    /// Actions the profile's own [[deny]] blocks take away entirely.
+    pub declared_denied: Vec<&'static Action>,
+    /// Usable destructive actions (the profile's opt-ins): each session needs `approval`.
+    pub needs_approval: Vec<&'static Action>,
+    pub approval: Approval,
+}
+
+impl Explanation {
+    pub fn usable_count(&self) -> usize {
+        self.usable.values().map(Vec::len).sum()
+    }
+
+    pub fn to_json(&self, c: &CompiledProfile) -> serde_json::Value {
+        let names = |v: &[&Action]| v.iter().map(|a| a.full_name()).collect::<Vec<_>>();
+        let usable: serde_json::Map<String, serde_json::Value> = self
+            .usable
+            .iter()
+            .map(|(level, list)| {
+                let items = list
+                    .iter()
+                    .map(|u| {
+                        serde_json::json!({
+                            "action": u.action.full_name(),
+                            "resources": u.resources,
+                            "conditional": u.conditional,
+                            "partly_denied": u.partly_denied,
+                            "destructive": u.action.is_destructive(),
+                        })
+                    })
+                    .collect::<Vec<_>>();
+                (level.as_str().to_owned(), serde_json::Value::Array(items))
+            })
+            .collect();
+        serde_json::json!({
+            "profile": c.profile.name.as_str(),
+            "policy_sha256": c.policy.sha256(),
+            "usable_count": self.usable_count(),
+            "usable": usable,
+            "auto_denied": names(&self.auto_denied),
+            "declared_denied": names(&self.declared_denied),
+            "needs_approval": names(&self.needs_approval),
+            "approval": self.approval.to_json(),
+        })
+    }
+}
+
+/// Evaluates the compiled document against every catalog action of the services it touches.
+pub fn explain(c: &CompiledProfile) -> Explanation {
+    let cat = catalog::catalog();
+    let doc = &c.document;
+    let auto: BTreeSet<(&str, &str)> = c.auto_denied.iter().map(|a| (a.service, a.name)).collect();
+    let candidates: Box<dyn Iterator<Item = &'static Action>> = match c.profile.touched_services() {
+        Some(services) => Box::new(
+            services
+                .into_iter()
+                .flat_map(|s| cat.service(s).unwrap_or(&[]).iter())
+                .collect::<Vec<_>>()
+                .into_iter(),
+        ),
+        None => Box::new(cat.actions().iter()),
+    };
+    let mut usable: BTreeMap<AccessLevel, Vec<Usable>> = BTreeMap::new();
+    let mut declared_denied = Vec::new();
+    let mut needs_approval = Vec::new();
+    for action in candidates {
+        let allows: Vec<_> = doc
+            .statement
+            .iter()
+            .filter(|s| s.effect == Effect::Allow && s.matches_action(action))
+            .collect();
+        if allows.is_empty() {
+            continue;
+        }
+        let denies: Vec<_> = doc
+            .statement
+            .iter()
+            .filter(|s| s.effect == Effect::Deny && s.matches_action(action))
+            .collect();
+        if denies.iter().any(|s| s.is_blanket()) {
+            if !auto.contains(&(action.service, action.name)) {
+                declared_denied.push(action);
+            }
+            continue;
+        }
+        if action.is_destructive() {
+            needs_approval.push(action);
+        }
+        usable.entry(action.level).or_default().push(Usable {
+            action,
+            resources: allows
+                .iter()
+                .flat_map(|s| s.resource.iter().map(str::to_owned))
+                .collect(),
+            conditional: allows.iter().all(|s| s.condition.is_some()),
+            partly_denied: !denies.is_empty(),
+        });
+    }
+    Explanation {
+        usable,
+        auto_denied: c.auto_denied.clone(),
+        declared_denied,
+        needs_approval,
+        approval: c.profile.approval,
+    }
+}

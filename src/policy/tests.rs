@@ -1,0 +1,155 @@
+use super::*;
+use crate::profile;
+
+fn compile_src(src: &str) -> Result<CompiledProfile, PolicyError> {
+    let p = profile::parse("t.toml", "t", src.as_bytes()).unwrap_or_else(|d| panic!("{d:?}"));
+    compile(&p)
+}
+
+const S3_DATA: &str = r#"
+description = "data"
+role = "sandbox"
+approval = "none"
+[[allow]]
+actions = ["s3:PutObject", "s3:GetObject", "s3:ListBucket"]
+resources = ["arn:aws:s3:::team-data/*", "arn:aws:s3:::team-data"]
+"#;
+
+#[test]
+fn compiles_minified_sorted_and_deterministic() {
+    let a = compile_src(S3_DATA).unwrap();
+    let b = compile_src(S3_DATA).unwrap();
+    assert_eq!(a.policy, b.policy);
+    let json = a.policy.as_json();
+    assert!(json.starts_with(
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:GetObject","s3:ListBucket","s3:PutObject"],"Resource":["arn:aws:s3:::team-data","arn:aws:s3:::team-data/*"]},{"Effect":"Deny","Action":["#
+    ), "{json}");
+    assert!(!json.contains(' '), "minified: {json}");
+    assert_eq!(a.policy.sha256(), hex(&Sha256::digest(json.as_bytes())));
+    assert_eq!(a.size.total, json.chars().count());
+}
+
+#[test]
+fn reordering_lists_does_not_change_the_policy() {
+    let reordered = S3_DATA.replace(
+        r#"["s3:PutObject", "s3:GetObject", "s3:ListBucket"]"#,
+        r#"["s3:ListBucket", "s3:getobject", "s3:PutObject", "s3:GetObject"]"#,
+    );
+    assert_eq!(
+        compile_src(S3_DATA).unwrap().policy,
+        compile_src(&reordered).unwrap().policy
+    );
+}
+
+#[test]
+fn auto_deny_covers_every_destructive_s3_action_and_nothing_kept() {
+    let c = compile_src(S3_DATA).unwrap();
+    let cat = catalog::catalog();
+    let s3 = cat.service("s3").unwrap();
+    let deny = c.document.statement.last().unwrap();
+    assert_eq!(deny.effect, Effect::Deny);
+    for a in s3 {
+        let denied = deny.matches_action(a);
+        if a.is_destructive() {
+            assert!(denied, "{a} must be denied");
+            assert!(c.auto_denied.contains(&a));
+        }
+        if ["GetObject", "PutObject", "ListBucket"].contains(&a.name) {
+            assert!(!denied, "{a} must stay usable");
+        }
+    }
+    assert_eq!(
+        c.auto_denied.len(),
+        s3.iter().filter(|a| a.is_destructive()).count()
+    );
+}
+
+#[test]
+fn opt_ins_are_not_denied() {
+    let src = S3_DATA
+        .replace(
+            "approval = \"none\"",
+            "approval = \"operator\"\ndestructive = [\"s3:DeleteObject\"]",
+        )
+        .replace(
+            "\"s3:ListBucket\"]",
+            "\"s3:ListBucket\", \"s3:DeleteObject\"]",
+        );
+    let c = compile_src(&src).unwrap();
+    let del = catalog::catalog().lookup("s3", "DeleteObject").unwrap();
+    assert!(!c.auto_denied.contains(&del));
+    assert!(!c.document.statement.last().unwrap().matches_action(del));
+    let e = explain::explain(&c);
+    assert_eq!(e.needs_approval, vec![del]);
+}
+
+#[test]
+fn managed_policies_keep_every_non_destructive_action() {
+    let src = S3_DATA.replace(
+        "approval = \"none\"",
+        "approval = \"none\"\nmanaged_policies = [\"arn:aws:iam::aws:policy/ReadOnlyAccess\"]",
+    );
+    let c = compile_src(&src).unwrap();
+    let deny = c.document.statement.last().unwrap();
+    for a in catalog::catalog().service("s3").unwrap() {
+        assert_eq!(deny.matches_action(a), a.is_destructive(), "{a}");
+    }
+    assert!(
+        c.size
+            .parts
+            .iter()
+            .any(|(l, n)| l == "managed policy ARNs (1)" && *n == 38)
+    );
+    assert_eq!(
+        c.policy_arns(),
+        vec!["arn:aws:iam::aws:policy/ReadOnlyAccess"]
+    );
+}
+
+#[test]
+fn oversize_policy_shows_what_takes_the_space() {
+    let resources: Vec<String> = (0..60)
+        .map(|i| format!("\"arn:aws:s3:::bucket-number-{i:03}/*\""))
+        .collect();
+    let src = format!(
+        "description = \"x\"\nrole = \"r\"\napproval = \"none\"\n[[allow]]\nactions = [\"s3:GetObject\"]\nresources = [{}]\n",
+        resources.join(", ")
+    );
+    let err = compile_src(&src).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("the session policy needs 2"), "{msg}");
+    assert!(msg.contains("allow[0] (1 actions, 60 resources)"), "{msg}");
+    assert!(msg.contains("automatic deny of"), "{msg}");
+    assert!(msg.contains("/ 2048"), "{msg}");
+}
+
+#[test]
+fn explain_groups_by_level() {
+    let c = compile_src(S3_DATA).unwrap();
+    let e = explain::explain(&c);
+    let names = |l| {
+        e.usable
+            .get(&l)
+            .map(|v| v.iter().map(|u| u.action.name).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(names(catalog::AccessLevel::List), vec!["ListBucket"]);
+    assert_eq!(names(catalog::AccessLevel::Read), vec!["GetObject"]);
+    assert_eq!(names(catalog::AccessLevel::Write), vec!["PutObject"]);
+    assert_eq!(e.usable_count(), 3);
+    assert!(e.needs_approval.is_empty());
+}
+
+#[test]
+fn wildcard_allow_keeps_safe_actions_and_denies_destructive_ones() {
+    let src = "description = \"x\"\nrole = \"r\"\napproval = \"none\"\n[[allow]]\nactions = [\"dynamodb:*\"]\nresources = [\"*\"]\n";
+    let c = compile_src(src).unwrap();
+    let e = explain::explain(&c);
+    for list in e.usable.values() {
+        for u in list {
+            assert!(!u.action.is_destructive(), "{}", u.action);
+        }
+    }
+    assert!(e.usable_count() > 20);
+    assert!(!c.auto_denied.is_empty());
+}
