@@ -133,12 +133,13 @@ pub fn compile(profile: &Profile) -> Result<CompiledProfile, PolicyError> {
         ("deny", Effect::Deny, &profile.deny),
     ] {
         for (i, rule) in rules.iter().enumerate() {
-            statements.push(rule_statement(effect, rule));
+            let stmt = rule_statement(effect, rule);
             labels.push(format!(
                 "{kind}[{i}] ({} actions, {} resources)",
-                rule.actions.len(),
-                rule.resources.len()
+                stmt.action.iter().count(),
+                stmt.resource.iter().count()
             ));
+            statements.push(stmt);
         }
     }
     let auto = auto_deny(profile);
@@ -207,16 +208,20 @@ pub fn compile(profile: &Profile) -> Result<CompiledProfile, PolicyError> {
     })
 }
 
+/// Sorted and deduplicated: the order of a list never changes a policy's meaning, so it must not
+/// change its bytes or hash either.
+fn sorted_unique(items: impl Iterator<Item = String>) -> Vec<String> {
+    let set: BTreeSet<String> = items.collect();
+    set.into_iter().collect()
+}
+
 fn rule_statement(effect: Effect, rule: &Rule) -> Statement {
     Statement {
         effect,
-        action: OneOrMany::from_vec(rule.actions.iter().map(|a| a.to_string()).collect()),
-        resource: OneOrMany::from_vec(
-            rule.resources
-                .iter()
-                .map(|r| r.as_str().to_owned())
-                .collect(),
-        ),
+        action: OneOrMany::from_vec(sorted_unique(rule.actions.iter().map(|a| a.to_string()))),
+        resource: OneOrMany::from_vec(sorted_unique(
+            rule.resources.iter().map(|r| r.as_str().to_owned()),
+        )),
         condition: rule.condition.clone(),
     }
 }

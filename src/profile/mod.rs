@@ -688,17 +688,10 @@ impl<'a> Parser<'a> {
                 );
             }
         }
-        let mut actions: Vec<ActionPattern> = actions?;
-        let mut resources: Vec<ResourcePattern> = resources?;
-        // Sorted and deduplicated: the order of a list never changes the policy's meaning, so it
-        // must not change its bytes or hash either.
-        actions.sort_by_key(|a| a.to_string());
-        actions.dedup();
-        resources.sort();
-        resources.dedup();
+        // Kept in file order (diagnostics refer to positions); the compiler sorts and dedups.
         Some(Rule {
-            actions,
-            resources,
+            actions: actions?,
+            resources: resources?,
             condition: condition?,
         })
     }

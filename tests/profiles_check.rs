@@ -1,0 +1,424 @@
+//! `mandate profiles check` against a table of broken profiles: each must fail with exactly the
+//! expected messages (file:line:col and text), and the example profiles must pass.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const MANDATE: &str = env!("CARGO_BIN_EXE_mandate");
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(MANDATE)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run mandate")
+}
+
+const BASE: &str = "description = \"d\"\nrole = \"sandbox\"\napproval = \"none\"\n";
+const ALLOW: &str = "[[allow]]\nactions = [\"s3:GetObject\"]\nresources = [\"*\"]\n";
+
+fn ok_profile() -> String {
+    format!("{BASE}{ALLOW}")
+}
+
+/// (file name, contents, expected stderr lines before the summary line)
+fn cases() -> Vec<(&'static str, Vec<u8>, Vec<String>)> {
+    let s = |x: &str| x.as_bytes().to_vec();
+    let many_arns: Vec<String> = (0..11)
+        .map(|i| format!("\"arn:aws:iam::123456789012:policy/p{i}\""))
+        .collect();
+    let many_tags: String = (0..47).map(|i| format!("t{i} = \"v\"\n")).collect();
+    let big_resources: Vec<String> = (0..60)
+        .map(|i| format!("\"arn:aws:s3:::bucket-number-{i:03}/*\""))
+        .collect();
+    let mut non_utf8 = s("description = \"caf");
+    non_utf8.extend_from_slice(&[0xe9, b'"', b'\n']);
+    vec![
+        (
+            "unknown-key.toml",
+            s(&format!("description = \"d\"\nrol = \"sandbox\"\napproval = \"none\"\n{ALLOW}")),
+            vec![
+                "unknown-key.toml: missing required key \"role\"".into(),
+                "unknown-key.toml:2:1: unknown key \"rol\"; did you mean \"role\"?".into(),
+            ],
+        ),
+        (
+            "typo-action.toml",
+            s(&format!("{BASE}[[allow]]\nactions = [\"s3:GetObjects\"]\nresources = [\"*\"]\n")),
+            vec!["typo-action.toml:5:12: allow[0].actions[0]: unknown action \"s3:GetObjects\"; did you mean \"s3:GetObject\"?".into()],
+        ),
+        (
+            "unknown-service.toml",
+            s(&format!("{BASE}[[allow]]\nactions = [\"s4:GetObject\"]\nresources = [\"*\"]\n")),
+            vec!["unknown-service.toml:5:12: allow[0].actions[0]: unknown service \"s4\" in action \"s4:GetObject\"; did you mean \"s3\"?".into()],
+        ),
+        (
+            "no-colon.toml",
+            s(&format!("{BASE}[[allow]]\nactions = [\"GetObject\"]\nresources = [\"*\"]\n")),
+            vec!["no-colon.toml:5:12: allow[0].actions[0]: invalid action \"GetObject\": expected \"service:Action\", like \"s3:GetObject\"".into()],
+        ),
+        (
+            "bad-arn.toml",
+            s(&format!("{BASE}[[allow]]\nactions = [\"s3:GetObject\"]\nresources = [\"arn:aws:s3::team-data\"]\n")),
+            vec!["bad-arn.toml:6:14: allow[0].resources[0]: invalid resource ARN \"arn:aws:s3::team-data\": expected arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE (6 parts separated by ':'), found 5".into()],
+        ),
+        (
+            "bad-account.toml",
+            s(&format!("{BASE}[[allow]]\nactions = [\"s3:GetObject\"]\nresources = [\"arn:aws:s3:us-east-1:1234:x\"]\n")),
+            vec!["bad-account.toml:6:14: allow[0].resources[0]: invalid resource ARN \"arn:aws:s3:us-east-1:1234:x\": account \"1234\" must be 12 digits (or empty, or a wildcard)".into()],
+        ),
+        (
+            "wildcard-nothing.toml",
+            s(&format!("{BASE}[[allow]]\nactions = [\"s3:Frob*\"]\nresources = [\"*\"]\n")),
+            vec!["wildcard-nothing.toml:5:12: allow[0].actions[0]: wildcard \"s3:Frob*\" matches no known s3 action".into()],
+        ),
+        (
+            "service-wildcard.toml",
+            s(&format!("{BASE}[[allow]]\nactions = [\"s*:GetObject\"]\nresources = [\"*\"]\n")),
+            vec!["service-wildcard.toml:5:12: allow[0].actions[0]: invalid action \"s*:GetObject\": wildcards in the service prefix are not supported; list each service".into()],
+        ),
+        (
+            "oversize.toml",
+            s(&format!("{BASE}[[allow]]\nactions = [\"s3:GetObject\"]\nresources = [{}]\n", big_resources.join(", "))),
+            vec![
+                "oversize.toml: the session policy needs 2294 characters but AWS allows 2048 for the inline policy plus managed policy ARNs:".into(),
+                "  policy envelope                                   40".into(),
+                "  allow[0] (1 actions, 60 resources)              2155".into(),
+                "  automatic deny of 39 destructive actions (s3)     99".into(),
+                "  total                                           2294 / 2048".into(),
+                "  hint: narrow wildcards, drop services from [[allow]], or opt into fewer destructive actions".into(),
+            ],
+        ),
+        (
+            "too-many-arns.toml",
+            s(&format!("{BASE}managed_policies = [{}]\n{ALLOW}", many_arns.join(", "))),
+            vec!["too-many-arns.toml:4:20: managed_policies: 11 managed policy ARNs; AWS allows at most 10".into()],
+        ),
+        (
+            "dup-arn.toml",
+            s(&format!("{BASE}managed_policies = [\"arn:aws:iam::aws:policy/ReadOnlyAccess\", \"arn:aws:iam::aws:policy/ReadOnlyAccess\"]\n{ALLOW}")),
+            vec!["dup-arn.toml:4:20: managed_policies: lists the same ARN twice".into()],
+        ),
+        (
+            "bad-managed-arn.toml",
+            s(&format!("{BASE}managed_policies = [\"arn:aws:iam::aws:role/Admin\"]\n{ALLOW}")),
+            vec!["bad-managed-arn.toml:4:21: managed_policies[0]: invalid managed policy ARN \"arn:aws:iam::aws:role/Admin\": expected arn:aws:iam::ACCOUNT:policy/NAME (ACCOUNT is 12 digits or \"aws\")".into()],
+        ),
+        (
+            "short-duration.toml",
+            s(&format!("{BASE}duration = \"10m\"\n{ALLOW}")),
+            vec!["short-duration.toml:4:12: duration: duration \"10m\" is 600 s, below the AWS minimum of 15m (900 s)".into()],
+        ),
+        (
+            "long-duration.toml",
+            s(&format!("{BASE}duration = \"13h\"\n{ALLOW}")),
+            vec!["long-duration.toml:4:12: duration: duration \"13h\" is 46800 s, above the AWS maximum of 12h (43200 s)".into()],
+        ),
+        (
+            "bad-duration.toml",
+            s(&format!("{BASE}duration = \"1 day\"\n{ALLOW}")),
+            vec!["bad-duration.toml:4:12: duration: invalid duration \"1 day\": use hours, minutes and seconds like \"1h\", \"15m\" or \"1h30m\"".into()],
+        ),
+        (
+            "duration-type.toml",
+            s(&format!("{BASE}duration = 3600\n{ALLOW}")),
+            vec!["duration-type.toml:4:12: duration: expected a string like \"1h\", found integer".into()],
+        ),
+        (
+            "destructive-no-approval.toml",
+            s(&format!("{BASE}destructive = [\"s3:DeleteObject\"]\n[[allow]]\nactions = [\"s3:DeleteObject\"]\nresources = [\"*\"]\n")),
+            vec!["destructive-no-approval.toml:4:15: destructive: destructive actions need a human: set approval = \"operator\" or approval = { peers = N }, or empty this list".into()],
+        ),
+        (
+            "destructive-undeclared.toml",
+            s(&format!("{BASE}[[allow]]\nactions = [\"s3:GetObject\", \"s3:DeleteBucket\"]\nresources = [\"*\"]\n")),
+            vec!["destructive-undeclared.toml:5:28: allow[0].actions[1]: \"s3:DeleteBucket\" is destructive (Write); add it to `destructive` (which requires approval) or remove it".into()],
+        ),
+        (
+            "destructive-not-destructive.toml",
+            s(&format!("description = \"d\"\nrole = \"sandbox\"\napproval = \"operator\"\ndestructive = [\"s3:GetObject\"]\n{ALLOW}")),
+            vec!["destructive-not-destructive.toml:4:16: destructive[0]: \"s3:GetObject\" is not destructive (Read); list it in an [[allow]] block only".into()],
+        ),
+        (
+            "destructive-not-allowed.toml",
+            s(&format!("description = \"d\"\nrole = \"sandbox\"\napproval = \"operator\"\ndestructive = [\"s3:DeleteObject\"]\n{ALLOW}")),
+            vec!["destructive-not-allowed.toml:4:16: destructive[0]: \"s3:DeleteObject\" is listed as destructive but no [[allow]] block grants it".into()],
+        ),
+        (
+            "bad-tag-key.toml",
+            s(&format!("{BASE}{ALLOW}[tags]\n\"aws:team\" = \"x\"\n")),
+            vec!["bad-tag-key.toml:8:1: tags: tag key \"aws:team\" is reserved (\"aws:\" is AWS's, \"mandate-\" is the broker's)".into()],
+        ),
+        (
+            "long-tag-value.toml",
+            s(&format!("{BASE}{ALLOW}[tags]\nteam = \"{}\"\n", "x".repeat(257))),
+            vec!["long-tag-value.toml:8:8: tags.team: tag \"team\" has a value of 257 characters; AWS allows 256".into()],
+        ),
+        (
+            "bad-tag-char.toml",
+            s(&format!("{BASE}{ALLOW}[tags]\nteam = \"a;b\"\n")),
+            vec!["bad-tag-char.toml:8:8: tags.team: tag \"team\" value \"a;b\" may only contain letters, digits, spaces and _ . : / = + - @".into()],
+        ),
+        (
+            "too-many-tags.toml",
+            s(&format!("{BASE}{ALLOW}[tags]\n{many_tags}")),
+            vec!["too-many-tags.toml:7:1: tags: 47 tags; at most 46 are allowed (AWS allows 50 session tags and mandate sets 4 of its own)".into()],
+        ),
+        (
+            "non-utf8.toml",
+            non_utf8,
+            vec!["non-utf8.toml:1:19: the file is not valid UTF-8; profiles must be UTF-8 text".into()],
+        ),
+        (
+            "empty.toml",
+            s(""),
+            vec!["empty.toml: the profile is empty; it needs at least description, role and one [[allow]] block".into()],
+        ),
+        (
+            "bad-toml.toml",
+            s("description = \"d\nrole = \"sandbox\"\n"),
+            vec!["bad-toml.toml:1:17: invalid TOML: invalid basic string, expected `\"`".into()],
+        ),
+        (
+            "missing-allow.toml",
+            s(BASE),
+            vec!["missing-allow.toml: missing required key \"allow\": a profile needs at least one [[allow]] block".into()],
+        ),
+        (
+            "rule-unknown-key.toml",
+            s(&format!("{BASE}[[allow]]\naction = [\"s3:GetObject\"]\nresources = [\"*\"]\n")),
+            vec![
+                "rule-unknown-key.toml:4:1: allow[0]: missing required key \"actions\"".into(),
+                "rule-unknown-key.toml:5:1: allow[0]: unknown key \"action\"; did you mean \"actions\"?".into(),
+            ],
+        ),
+        (
+            "misplaced-key.toml",
+            s(&format!("{BASE}{ALLOW}managed_policies = []\n")),
+            vec!["misplaced-key.toml:7:1: allow[0]: unknown key \"managed_policies\"; \"managed_policies\" is a top-level key: move it above the first [[allow]], [[deny]] or [tags] table".into()],
+        ),
+        (
+            "empty-resources.toml",
+            s(&format!("{BASE}[[allow]]\nactions = [\"s3:GetObject\"]\nresources = []\n")),
+            vec!["empty-resources.toml:6:13: allow[0].resources: must not be empty".into()],
+        ),
+        (
+            "actions-string.toml",
+            s(&format!("{BASE}[[allow]]\nactions = \"s3:GetObject\"\nresources = [\"*\"]\n")),
+            vec!["actions-string.toml:5:11: allow[0].actions: expected an array of strings, found string".into()],
+        ),
+        (
+            "bad-approval.toml",
+            s(&format!("description = \"d\"\nrole = \"sandbox\"\napproval = \"sometimes\"\n{ALLOW}")),
+            vec!["bad-approval.toml:3:12: approval: unknown approval \"sometimes\": expected \"none\", \"operator\" or { peers = N }".into()],
+        ),
+        (
+            "zero-peers.toml",
+            s(&format!("description = \"d\"\nrole = \"sandbox\"\napproval = {{ peers = 0 }}\n{ALLOW}")),
+            vec!["zero-peers.toml:3:22: approval.peers: must be between 1 and 10, found 0".into()],
+        ),
+        (
+            "role-arn.toml",
+            s(&format!("description = \"d\"\nrole = \"arn:aws:iam::123456789012:role/admin\"\napproval = \"none\"\n{ALLOW}")),
+            vec!["role-arn.toml:2:8: role: role \"arn:aws:iam::123456789012:role/admin\" is an ARN; name a role declared in broker.toml's [roles] instead".into()],
+        ),
+        (
+            "bad-condition.toml",
+            s(&format!("{BASE}[[allow]]\nactions = [\"s3:GetObject\"]\nresources = [\"*\"]\ncondition = {{ StringEqual = {{ \"aws:RequestedRegion\" = \"eu-west-1\" }} }}\n")),
+            vec!["bad-condition.toml:7:15: allow[0].condition: unknown condition operator \"StringEqual\"; did you mean \"StringEquals\"?".into()],
+        ),
+        (
+            "Bad_Name.toml",
+            s(&ok_profile()),
+            vec!["Bad_Name.toml: profile name \"Bad_Name\" must be 1 to 64 lowercase letters, digits or '-', not starting or ending with '-' (the profile name is the file name without .toml)".into()],
+        ),
+        (
+            "many-errors.toml",
+            s("descripton = \"d\"\nrole = \"Sandbox\"\nduration = \"5m\"\n[[allow]]\nactions = [\"s3:GetObjects\", \"ec2:DescribeInstance\"]\nresources = [\"s3://bucket\"]\n"),
+            vec![
+                "many-errors.toml: missing required key \"description\"".into(),
+                "many-errors.toml:1:1: unknown key \"descripton\"; did you mean \"description\"?".into(),
+                "many-errors.toml:2:8: role: role \"Sandbox\" must be 1 to 64 lowercase letters, digits or '-', not starting or ending with '-'".into(),
+                "many-errors.toml:3:12: duration: duration \"5m\" is 300 s, below the AWS minimum of 15m (900 s)".into(),
+                "many-errors.toml:5:12: allow[0].actions[0]: unknown action \"s3:GetObjects\"; did you mean \"s3:GetObject\"?".into(),
+                "many-errors.toml:5:29: allow[0].actions[1]: unknown action \"ec2:DescribeInstance\"; did you mean \"ec2:DescribeInstances\"?".into(),
+                "many-errors.toml:6:14: allow[0].resources[0]: invalid resource ARN \"s3://bucket\": expected arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE (6 parts separated by ':'), found 2".into(),
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn broken_profiles_fail_with_exact_messages() {
+    let cases = cases();
+    assert!(
+        cases.len() >= 25,
+        "the acceptance table needs at least 25 broken profiles"
+    );
+    let mut failures = Vec::new();
+    for (file, contents, expected) in &cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(file), contents).unwrap();
+        let out = run(dir.path(), &["profiles", "check", file]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mut lines: Vec<String> = stderr.lines().map(str::to_owned).collect();
+        let summary = lines.pop().unwrap_or_default();
+        if out.status.code() != Some(3)
+            || &lines != expected
+            || !summary.starts_with("error: ")
+            || !out.stdout.is_empty()
+        {
+            failures.push(format!(
+                "{file}: exit {:?}\n--- expected\n{}\n--- got\n{}\n--- stdout\n{}",
+                out.status.code(),
+                expected.join("\n"),
+                stderr,
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn all_errors_of_all_files_are_reported_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = cases();
+    for (file, contents, _) in &cases {
+        std::fs::write(dir.path().join(file), contents).unwrap();
+    }
+    std::fs::write(dir.path().join("good.toml"), ok_profile()).unwrap();
+    let out = run(dir.path(), &["profiles", "check", "."]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected_lines: usize = cases.iter().map(|c| c.2.len()).sum();
+    assert_eq!(stderr.lines().count(), expected_lines + 1, "{stderr}");
+    let problems = expected_lines - 5; // the oversize message spans 6 lines for one problem
+    assert!(
+        stderr.ends_with(&format!(
+            "error: {problems} problem(s) in {} of {} profile(s)\n",
+            cases.len(),
+            cases.len() + 1
+        )),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok    ./good.toml"));
+}
+
+#[test]
+fn example_profiles_pass() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run(root, &["profiles", "check", "profiles"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["readonly", "s3-data", "deploy-staging", "breakglass-admin"] {
+        assert!(
+            stdout.contains(&format!("ok    profiles/{name}.toml")),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn show_json_has_the_contract_keys_and_the_exact_policy() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run(root, &["profiles", "show", "s3-data", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let exact = v["policy_json"].as_str().unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(exact).unwrap(),
+        v["policy"]
+    );
+    assert_eq!(
+        v["policy_chars"].as_u64().unwrap() as usize,
+        exact.chars().count()
+    );
+    let sha = v["policy_sha256"].as_str().unwrap();
+    assert_eq!(sha.len(), 64);
+    assert_eq!(v["policy_arns"], serde_json::json!([]));
+    assert_eq!(v["duration_seconds"], 3600);
+    assert_eq!(v["approval"], "none");
+    assert_eq!(v["profile_sha256"].as_str().unwrap().len(), 64);
+    // The human form prints the same bytes and hash.
+    let text = run(root, &["profiles", "show", "s3-data"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(sha) && text.contains(exact), "{text}");
+}
+
+#[test]
+fn show_and_explain_report_missing_profiles_and_bad_names() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run(root, &["profiles", "show", "nope"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: no profile named \"nope\" in profiles: expected the file profiles/nope.toml\n"
+    );
+    let out = run(root, &["profiles", "explain", "../etc/passwd"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("error: profile name \"../etc/passwd\" must be")
+    );
+    let out = run(root, &["profiles", "check", "no/such/dir"]);
+    assert_eq!(out.status.code(), Some(4));
+}
+
+#[test]
+fn explain_json_lists_usable_and_denied_actions() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run(root, &["profiles", "explain", "deploy-staging", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["needs_approval"],
+        serde_json::json!([
+            "cloudformation:DeleteChangeSet",
+            "cloudformation:DeleteStack"
+        ])
+    );
+    assert_eq!(v["approval"], "operator");
+    let denied: Vec<&str> = v["auto_denied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert!(
+        denied.contains(&"lambda:DeleteFunction")
+            && denied.contains(&"cloudformation:DeleteStackSet")
+    );
+    assert!(!denied.contains(&"cloudformation:DeleteStack"));
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert_eq!(
+        run(root, &["profiles", "frobnicate"]).status.code(),
+        Some(2)
+    );
+    let help = run(root, &["profiles", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("explain"));
+    let man = run(root, &["man"]);
+    assert!(String::from_utf8_lossy(&man.stdout).contains(".TH mandate"));
+    let comp = run(root, &["completions", "bash"]);
+    assert!(String::from_utf8_lossy(&comp.stdout).contains("_mandate()"));
+}
