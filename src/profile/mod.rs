@@ -204,7 +204,7 @@ pub fn parse(label: &str, name: &str, bytes: &[u8]) -> Result<Profile, Vec<Diagn
     }
 }
 
-const TOP_KEYS: [&str; 10] = [
+const TOP_KEYS: [&str; 9] = [
     "description",
     "role",
     "duration",
@@ -214,7 +214,6 @@ const TOP_KEYS: [&str; 10] = [
     "destructive",
     "managed_policies",
     "tags",
-    "$schema",
 ];
 const RULE_KEYS: [&str; 3] = ["actions", "resources", "condition"];
 
@@ -249,20 +248,15 @@ impl<'a> Parser<'a> {
         allowed: &[&str],
     ) {
         let k = key.get_ref().as_ref();
-        let shown: Vec<&str> = allowed
-            .iter()
-            .copied()
-            .filter(|k| !k.starts_with('$'))
-            .collect();
         let hint = if !parent.is_empty() && TOP_KEYS.contains(&k) {
             format!(
                 "; {} is a top-level key: move it above the first [[allow]], [[deny]] or [tags] table",
                 quoted(k)
             )
         } else {
-            match closest(k, shown.iter().copied()) {
+            match closest(k, allowed.iter().copied()) {
                 Some(c) => format!("; did you mean {}?", quoted(c)),
-                None => format!(" (expected one of: {})", shown.join(", ")),
+                None => format!(" (expected one of: {})", allowed.join(", ")),
             }
         };
         self.err(
@@ -461,7 +455,6 @@ impl<'a> Parser<'a> {
                         });
                 }
                 "tags" => tags = self.tags(value),
-                "$schema" => {}
                 _ => self.unknown_key(key, "", &TOP_KEYS),
             }
         }
