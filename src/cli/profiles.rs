@@ -27,46 +27,32 @@ pub enum ProfilesCmd {
         quiet: bool,
     },
     /// Print the compiled session policy of a profile, its sha256 and its size against the limit
-    Show {
-        /// Profile name (the file stem)
-        name: String,
-        /// Directory holding the profiles
-        #[arg(long, value_name = "DIR", env = "MANDATE_PROFILES_DIR")]
-        profiles: Option<PathBuf>,
-        /// Machine-readable output
-        #[arg(long)]
-        json: bool,
-    },
+    Show(NamedProfile),
     /// List the concrete actions a session can use, by access level, and what is denied
-    Explain {
-        /// Profile name (the file stem)
-        name: String,
-        /// Directory holding the profiles
-        #[arg(long, value_name = "DIR", env = "MANDATE_PROFILES_DIR")]
-        profiles: Option<PathBuf>,
-        /// Machine-readable output
-        #[arg(long)]
-        json: bool,
-    },
+    Explain(NamedProfile),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NamedProfile {
+    /// Profile name (the file stem)
+    name: String,
+    /// Directory holding the profiles [default: profiles]
+    #[arg(long, value_name = "DIR", env = "MANDATE_PROFILES_DIR")]
+    profiles: Option<PathBuf>,
+    /// Machine-readable output
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(cmd: ProfilesCmd) -> Exit {
     match cmd {
         ProfilesCmd::Check { paths, quiet } => check(paths, quiet),
-        ProfilesCmd::Show {
-            name,
-            profiles,
-            json,
-        } => with_compiled(&name, profiles, |c| {
-            if json { show_json(c) } else { show_text(c) }
+        ProfilesCmd::Show(p) => with_compiled(&p.name, p.profiles, |c| {
+            if p.json { show_json(c) } else { show_text(c) }
         }),
-        ProfilesCmd::Explain {
-            name,
-            profiles,
-            json,
-        } => with_compiled(&name, profiles, |c| {
+        ProfilesCmd::Explain(p) => with_compiled(&p.name, p.profiles, |c| {
             let e = explain::explain(c);
-            if json {
+            if p.json {
                 json_text(&e.to_json(c))
             } else {
                 explain_text(c, &e)

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 pub use document::{Effect, OneOrMany, PolicyDocument, Statement};
 
 use crate::catalog::{self, Action};
-use crate::profile::{Approval, Profile, Rule};
+use crate::profile::{Profile, Rule};
 
 /// AWS: "The plaintext that you use for both inline and managed session policies can't exceed
 /// 2,048 characters."
@@ -293,12 +293,6 @@ fn auto_deny(profile: &Profile) -> AutoDeny {
     }
     patterns.sort_by_key(|p| p.to_ascii_lowercase());
     AutoDeny { denied, patterns }
-}
-
-/// Whether `approval` lets a session with opted-in destructive actions be issued (always false for
-/// `none`, which profile validation already refuses).
-pub fn approval_required(approval: Approval) -> bool {
-    approval != Approval::None
 }
 
 #[cfg(test)]
