@@ -13,3 +13,4 @@ pub mod diag;
 pub mod policy;
 pub mod profile;
 pub mod suggest;
+pub mod toml_walk;

@@ -18,7 +18,7 @@ pub use types::*;
 
 use crate::catalog::Action;
 use crate::diag::{Diagnostic, quoted};
-use crate::suggest::closest;
+use crate::toml_walk::{self, Walker};
 
 /// Profiles larger than this are refused before parsing.
 pub const MAX_PROFILE_BYTES: usize = 256 * 1024;
@@ -176,31 +176,13 @@ pub fn load(path: &Path) -> Result<Profile, ProfileError> {
 /// Parses a profile from bytes. `label` names the file in diagnostics; `name` is the profile name
 /// (the file stem). Returns every problem found, in file order.
 pub fn parse(label: &str, name: &str, bytes: &[u8]) -> Result<Profile, Vec<Diagnostic>> {
-    let src = match std::str::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => {
-            let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
-            return Err(vec![Diagnostic::at(
-                label,
-                valid,
-                valid.len(),
-                "the file is not valid UTF-8; profiles must be UTF-8 text",
-            )]);
-        }
-    };
-    let mut p = Parser {
-        label,
-        src,
-        diags: Vec::new(),
-    };
-    let profile = p.profile(name);
-    let mut diags = p.diags;
+    let (w, table) = toml_walk::parse(label, bytes, "profiles")?;
+    let mut p = Parser { w };
+    let profile = p.profile(name, &table);
+    let diags = p.w.finish();
     match profile {
         Some(profile) if diags.is_empty() => Ok(profile),
-        _ => {
-            diags.sort_by_key(|d| d.position);
-            Err(diags)
-        }
+        _ => Err(diags),
     }
 }
 
@@ -218,143 +200,52 @@ const TOP_KEYS: [&str; 9] = [
 const RULE_KEYS: [&str; 3] = ["actions", "resources", "condition"];
 
 struct Parser<'a> {
-    label: &'a str,
-    src: &'a str,
-    diags: Vec<Diagnostic>,
+    w: Walker<'a>,
 }
 
-fn at(path: &str, msg: impl std::fmt::Display) -> String {
-    if path.is_empty() {
-        msg.to_string()
-    } else {
-        format!("{path}: {msg}")
+impl<'a> std::ops::Deref for Parser<'a> {
+    type Target = Walker<'a>;
+    fn deref(&self) -> &Walker<'a> {
+        &self.w
     }
 }
 
-impl<'a> Parser<'a> {
-    fn err(&mut self, span: Range<usize>, path: &str, msg: impl std::fmt::Display) {
-        self.diags.push(Diagnostic::at(
-            self.label,
-            self.src,
-            span.start,
-            at(path, msg),
-        ));
+impl std::ops::DerefMut for Parser<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.w
     }
+}
 
+impl Parser<'_> {
     fn unknown_key(
         &mut self,
         key: &Spanned<std::borrow::Cow<'_, str>>,
         parent: &str,
         allowed: &[&str],
     ) {
-        let k = key.get_ref().as_ref();
-        let hint = if !parent.is_empty() && TOP_KEYS.contains(&k) {
-            format!(
-                "; {} is a top-level key: move it above the first [[allow]], [[deny]] or [tags] table",
-                quoted(k)
-            )
-        } else {
-            match closest(k, allowed.iter().copied()) {
-                Some(c) => format!("; did you mean {}?", quoted(c)),
-                None => format!(" (expected one of: {})", allowed.join(", ")),
-            }
-        };
-        self.err(
-            key.span(),
+        self.w.unknown_key(
+            key,
             parent,
-            format!("unknown key {}{hint}", quoted(k)),
+            allowed,
+            &TOP_KEYS,
+            "[[allow]], [[deny]] or [tags]",
         );
     }
 
-    fn type_err(&mut self, v: &Spanned<DeValue<'_>>, path: &str, expected: &str) {
-        self.err(
-            v.span(),
-            path,
-            format!("expected {expected}, found {}", v.get_ref().type_str()),
-        );
-    }
-
-    fn string<'v>(
-        &mut self,
-        v: &'v Spanned<DeValue<'_>>,
-        path: &str,
-        expected: &str,
-    ) -> Option<&'v str> {
-        match v.get_ref() {
-            DeValue::String(s) => Some(s.as_ref()),
-            _ => {
-                self.type_err(v, path, expected);
-                None
-            }
-        }
-    }
-
-    /// A non-empty array of strings, each parsed by `f`. Returns `None` if anything failed.
-    fn list<T>(
-        &mut self,
-        v: &Spanned<DeValue<'_>>,
-        path: &str,
-        allow_empty: bool,
-        f: impl Fn(&str) -> Result<T, String>,
-    ) -> Option<Vec<T>> {
-        let DeValue::Array(arr) = v.get_ref() else {
-            self.type_err(v, path, "an array of strings");
-            return None;
-        };
-        if arr.is_empty() && !allow_empty {
-            self.err(v.span(), path, "must not be empty");
-            return None;
-        }
-        let mut out = Vec::new();
-        let mut ok = true;
-        for (i, item) in arr.iter().enumerate() {
-            let p = format!("{path}[{i}]");
-            match self.string(item, &p, "a string") {
-                Some(s) => match f(s) {
-                    Ok(t) => out.push(t),
-                    Err(m) => {
-                        self.err(item.span(), &p, m);
-                        ok = false;
-                    }
-                },
-                None => ok = false,
-            }
-        }
-        ok.then_some(out)
-    }
-
-    fn profile(&mut self, name: &str) -> Option<Profile> {
-        let parsed = DeTable::parse_recoverable(self.src);
-        let (table, errors) = parsed;
-        if !errors.is_empty() {
-            for e in errors {
-                let msg = e
-                    .message()
-                    .lines()
-                    .next()
-                    .unwrap_or("syntax error")
-                    .to_owned();
-                let span = e.span().unwrap_or(0..0);
-                self.err(span, "", format!("invalid TOML: {msg}"));
-            }
-            return None;
-        }
-        let table = table.into_inner();
+    fn profile(&mut self, name: &str, table: &DeTable<'_>) -> Option<Profile> {
         let name = match ProfileName::parse(name) {
             Ok(n) => Some(n),
             Err(m) => {
-                self.diags.push(Diagnostic::whole_file(
-                    self.label,
-                    format!("{m} (the profile name is the file name without .toml)"),
+                self.whole_file(format!(
+                    "{m} (the profile name is the file name without .toml)"
                 ));
                 None
             }
         };
         if table.is_empty() {
-            self.diags.push(Diagnostic::whole_file(
-                self.label,
+            self.whole_file(
                 "the profile is empty; it needs at least description, role and one [[allow]] block",
-            ));
+            );
             return None;
         }
 
@@ -464,17 +355,13 @@ impl<'a> Parser<'a> {
             ("role", role.is_some()),
         ] {
             if !found && !table.keys().any(|k| k.get_ref() == key) {
-                self.diags.push(Diagnostic::whole_file(
-                    self.label,
-                    format!("missing required key {}", quoted(key)),
-                ));
+                self.whole_file(format!("missing required key {}", quoted(key)));
             }
         }
         if !table.keys().any(|k| k.get_ref() == "allow") {
-            self.diags.push(Diagnostic::whole_file(
-                self.label,
+            self.whole_file(
                 "missing required key \"allow\": a profile needs at least one [[allow]] block",
-            ));
+            );
         }
 
         let (Some(name), Some(description), Some(role), Some(duration), Some(approval)) =
@@ -501,7 +388,7 @@ impl<'a> Parser<'a> {
             managed_policies: managed,
             tags,
         };
-        self.destructive_rules(&profile, &table, &destructive, destructive_span);
+        self.destructive_rules(&profile, table, &destructive, destructive_span);
         Some(profile)
     }
 
