@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod config;
 pub mod diag;
 pub mod policy;
 pub mod profile;

@@ -10,7 +10,7 @@ use crate::suggest::closest;
 
 /// A slug: 1..=64 of `[a-z0-9-]`, not starting or ending with `-`. Used for profile, role and
 /// agent names, which end up in file names, session names and tags.
-fn check_slug(what: &str, s: &str) -> Result<(), String> {
+pub fn check_slug(what: &str, s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 64
         && s.bytes()
@@ -67,6 +67,42 @@ impl RoleName {
     }
 }
 
+/// Parses a duration written as hours, minutes and seconds in that order (`"1h30m"`, `"15m"`,
+/// `"90s"`) into seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "invalid duration {}: use hours, minutes and seconds like \"1h\", \"15m\" or \"1h30m\"",
+            quoted(s)
+        )
+    };
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    let mut last_unit = 0u64; // units must go down: h, then m, then s
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+        if digits.is_empty() || digits.len() > 6 || (last_unit != 0 && unit >= last_unit) {
+            return Err(bad());
+        }
+        total += digits.parse::<u64>().map_err(|_| bad())? * unit;
+        last_unit = unit;
+        digits.clear();
+    }
+    if !digits.is_empty() || last_unit == 0 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
 /// Session duration in seconds, within the AWS AssumeRole range of 15 minutes to 12 hours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionDuration(u32);
@@ -76,38 +112,9 @@ impl SessionDuration {
     pub const MAX_SECONDS: u32 = 12 * 60 * 60;
     pub const DEFAULT: SessionDuration = SessionDuration(3600);
 
-    /// Parses `"1h"`, `"15m"`, `"1h30m"`, `"900s"`.
+    /// Parses `"1h"`, `"15m"`, `"1h30m"`, `"900s"` within the AWS range.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "invalid duration {}: use hours, minutes and seconds like \"1h\", \"15m\" or \"1h30m\"",
-                quoted(s)
-            )
-        };
-        let mut total: u64 = 0;
-        let mut digits = String::new();
-        let mut last_unit = 0u64; // units must go down: h, then m, then s
-        for c in s.chars() {
-            if c.is_ascii_digit() {
-                digits.push(c);
-                continue;
-            }
-            let unit = match c {
-                'h' => 3600,
-                'm' => 60,
-                's' => 1,
-                _ => return Err(bad()),
-            };
-            if digits.is_empty() || digits.len() > 6 || (last_unit != 0 && unit >= last_unit) {
-                return Err(bad());
-            }
-            total += digits.parse::<u64>().map_err(|_| bad())? * unit;
-            last_unit = unit;
-            digits.clear();
-        }
-        if !digits.is_empty() || last_unit == 0 {
-            return Err(bad());
-        }
+        let total = parse_duration(s)?;
         if total < u64::from(Self::MIN_SECONDS) {
             return Err(format!(
                 "duration {} is {} s, below the AWS minimum of 15m (900 s)",

@@ -1,0 +1,805 @@
+//! `broker.toml`: roles, agents, approvers, paths. Parsed strictly (unknown keys are errors, all
+//! problems reported at once with file:line:col) and cross-checked against the profiles before
+//! the daemon binds anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::diag::{Diagnostic, quoted};
+use crate::policy::{self, CompiledProfile};
+use crate::profile::{
+    self, ProfileError, ProfileName, RoleName, SessionDuration, check_slug, parse_duration,
+};
+use crate::toml_walk::{self, Walker};
+
+/// Config files larger than this are refused.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// How `--config` is found when not given: `MANDATE_CONFIG`, then
+/// `~/.config/mandate/broker.toml`, then `/etc/mandate/broker.toml`.
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_owned());
+    }
+    if let Some(p) = std::env::var_os("MANDATE_CONFIG").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let mut tried = Vec::new();
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        let p = Path::new(&home).join(".config/mandate/broker.toml");
+        if p.is_file() {
+            return Ok(p);
+        }
+        tried.push(p);
+    }
+    let etc = PathBuf::from("/etc/mandate/broker.toml");
+    if etc.is_file() {
+        return Ok(etc);
+    }
+    tried.push(etc);
+    Err(ConfigError::NotFound(tried))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no broker config: pass --config FILE or set MANDATE_CONFIG (looked in {}); `mandate init` writes a starter one",
+        .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NotFound(Vec<PathBuf>),
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} problem(s) in the broker config or its profiles", .0.len())]
+    Invalid(Vec<Diagnostic>),
+}
+
+/// A role the broker may assume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Role {
+    pub name: RoleName,
+    pub arn: String,
+    /// The role's MaxSessionDuration (as configured in IAM); sessions are clamped to it.
+    pub max_session: SessionDuration,
+}
+
+/// An agent: who may speak for it on the socket, and which profiles it may use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Agent {
+    pub name: String,
+    pub profiles: Vec<ProfileName>,
+    pub uids: Vec<u32>,
+    pub operator: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Approver {
+    pub name: String,
+    pub uids: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// When a cached credential may still be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// Mint a fresh credential once less than this remains (botocore refreshes at 15 minutes,
+    /// so the default of 20 minutes keeps clients out of their refresh window). Capped at half
+    /// the session's lifetime, so short sessions are still reused.
+    pub refresh_ahead: Duration,
+    /// Never serve a credential with less than this remaining, whatever else holds.
+    pub min_remaining: Duration,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy {
+            refresh_ahead: Duration::from_secs(20 * 60),
+            min_remaining: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// The validated broker config.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub source: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub profiles_dir: PathBuf,
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    pub log_format: LogFormat,
+    pub cache: CachePolicy,
+    /// Per-attempt timeout of an STS call.
+    pub sts_timeout: Duration,
+    pub roles: BTreeMap<String, Role>,
+    pub agents: BTreeMap<String, Agent>,
+    pub approvers: BTreeMap<String, Approver>,
+}
+
+impl Config {
+    /// The agent a peer uid may speak for. With `requested`, the uid must be one of that agent's;
+    /// without, it must belong to exactly one agent.
+    pub fn agent_for_uid(&self, uid: u32, requested: Option<&str>) -> Result<&Agent, String> {
+        if let Some(name) = requested {
+            return match self.agents.get(name) {
+                Some(a) if a.uids.contains(&uid) => Ok(a),
+                _ => Err(format!("uid {uid} may not act as agent {}", quoted(name))),
+            };
+        }
+        let mut found = self.agents.values().filter(|a| a.uids.contains(&uid));
+        match (found.next(), found.next()) {
+            (Some(a), None) => Ok(a),
+            (None, _) => Err(format!(
+                "uid {uid} is not bound to any agent in the broker config"
+            )),
+            (Some(_), Some(_)) => Err(format!(
+                "uid {uid} belongs to several agents; pass --agent NAME"
+            )),
+        }
+    }
+}
+
+/// Everything the daemon needs, validated together.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub profiles: BTreeMap<String, CompiledProfile>,
+}
+
+const TOP: [&str; 5] = ["broker", "roles", "agents", "approvers", "http"];
+const BROKER_KEYS: [&str; 9] = [
+    "state_dir",
+    "socket",
+    "profiles_dir",
+    "region",
+    "endpoint_url",
+    "log_format",
+    "refresh_ahead",
+    "min_remaining",
+    "sts_timeout",
+];
+const TABLES: &str = "[broker], [roles.NAME], [agents.NAME] or [approvers.NAME]";
+
+/// Reads the config and every profile in its `profiles_dir`, and cross-checks them.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|e| ConfigError::Io {
+        path: path.into(),
+        source: e,
+    })?;
+    let label = path.display().to_string();
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::Invalid(vec![Diagnostic::whole_file(
+            &label,
+            format!(
+                "the file is {} bytes; the config is limited to {MAX_CONFIG_BYTES}",
+                meta.len()
+            ),
+        )]));
+    }
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::Io {
+        path: path.into(),
+        source: e,
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let config = parse(&label, &bytes, &base, path).map_err(ConfigError::Invalid)?;
+    let mut diags = Vec::new();
+    let mut profiles = BTreeMap::new();
+    let files = match profile::discover(std::slice::from_ref(&config.profiles_dir)) {
+        Ok(f) => f,
+        Err(e) => {
+            return Err(ConfigError::Invalid(vec![Diagnostic::whole_file(
+                &label,
+                format!("broker.profiles_dir: {e}"),
+            )]));
+        }
+    };
+    for file in files {
+        match profile::load(&file) {
+            Ok(p) => match policy::compile(&p) {
+                Ok(c) => {
+                    if !config.roles.contains_key(c.profile.role.as_str()) {
+                        diags.push(Diagnostic::whole_file(
+                            &p.source,
+                            format!(
+                                "role: {} is not declared in {} (declare [roles.{}])",
+                                quoted(p.role.as_str()),
+                                label,
+                                p.role.as_str()
+                            ),
+                        ));
+                    }
+                    profiles.insert(p.name.as_str().to_owned(), c);
+                }
+                Err(e) => diags.push(Diagnostic::whole_file(&p.source, e.to_string())),
+            },
+            Err(ProfileError::Invalid(d)) => diags.extend(d),
+            Err(e) => diags.push(Diagnostic::whole_file(
+                &file.display().to_string(),
+                e.to_string(),
+            )),
+        }
+    }
+    for agent in config.agents.values() {
+        for p in &agent.profiles {
+            if !profiles.contains_key(p.as_str())
+                && !diags.iter().any(|d| d.file.ends_with(&format!("{p}.toml")))
+            {
+                diags.push(Diagnostic::whole_file(
+                    &label,
+                    format!(
+                        "agents.{}.profiles: no profile {} in {}",
+                        agent.name,
+                        quoted(p.as_str()),
+                        config.profiles_dir.display()
+                    ),
+                ));
+            }
+        }
+    }
+    if diags.is_empty() {
+        Ok(Loaded { config, profiles })
+    } else {
+        Err(ConfigError::Invalid(diags))
+    }
+}
+
+/// Parses the config text. Relative paths are resolved against `base` (the config's directory).
+pub fn parse(
+    label: &str,
+    bytes: &[u8],
+    base: &Path,
+    source: &Path,
+) -> Result<Config, Vec<Diagnostic>> {
+    let (w, table) = toml_walk::parse(label, bytes, "the broker config")?;
+    let mut p = ConfigParser { w, base };
+    let config = p.config(&table, source);
+    let diags = p.w.finish();
+    match config {
+        Some(c) if diags.is_empty() => Ok(c),
+        _ => Err(diags),
+    }
+}
+
+struct ConfigParser<'a> {
+    w: Walker<'a>,
+    base: &'a Path,
+}
+
+type Key<'a> = Spanned<std::borrow::Cow<'a, str>>;
+
+impl ConfigParser<'_> {
+    fn unknown(&mut self, key: &Key<'_>, parent: &str, allowed: &[&str]) {
+        self.w.unknown_key(key, parent, allowed, &TOP, TABLES);
+    }
+
+    fn table<'t, 'v>(
+        &mut self,
+        v: &'t Spanned<DeValue<'v>>,
+        path: &str,
+    ) -> Option<&'t DeTable<'v>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            _ => {
+                self.w.type_err(v, path, "a table");
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, v: &Spanned<DeValue<'_>>, path: &str) -> Option<PathBuf> {
+        let s = self.w.string(v, path, "a path")?;
+        if s.is_empty() {
+            self.w.err(v.span(), path, "must not be empty");
+            return None;
+        }
+        Some(self.base.join(s))
+    }
+
+    fn duration(
+        &mut self,
+        v: &Spanned<DeValue<'_>>,
+        path: &str,
+        min: u64,
+        max: u64,
+    ) -> Option<Duration> {
+        let s = self.w.string(v, path, "a duration like \"5m\"")?;
+        match parse_duration(s) {
+            Ok(n) if (min..=max).contains(&n) => Some(Duration::from_secs(n)),
+            Ok(n) => {
+                self.w.err(
+                    v.span(),
+                    path,
+                    format!("{n} s is outside the allowed range {min}..={max} s"),
+                );
+                None
+            }
+            Err(m) => {
+                self.w.err(v.span(), path, m);
+                None
+            }
+        }
+    }
+
+    fn uids(&mut self, v: &Spanned<DeValue<'_>>, path: &str) -> Option<Vec<u32>> {
+        let DeValue::Array(arr) = v.get_ref() else {
+            self.w.type_err(v, path, "an array of numeric uids");
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, item) in arr.iter().enumerate() {
+            match item
+                .get_ref()
+                .as_integer()
+                .and_then(|n| n.as_str().parse::<u32>().ok())
+            {
+                Some(u) => out.push(u),
+                None => {
+                    self.w
+                        .type_err(item, &format!("{path}[{i}]"), "a numeric uid");
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    fn config(&mut self, table: &DeTable<'_>, source: &Path) -> Option<Config> {
+        let mut state_dir = None;
+        let mut socket = None;
+        let mut profiles_dir = None;
+        let mut region = Some("us-east-1".to_owned());
+        let mut endpoint_url = None;
+        let mut log_format = Some(LogFormat::Text);
+        let mut cache = CachePolicy::default();
+        let mut sts_timeout = Some(Duration::from_secs(10));
+        let mut roles = BTreeMap::new();
+        let mut agents = BTreeMap::new();
+        let mut approvers = BTreeMap::new();
+        let mut ok = true;
+
+        for (key, value) in table.iter() {
+            match key.get_ref().as_ref() {
+                "broker" => {
+                    let Some(t) = self.table(value, "broker") else {
+                        ok = false;
+                        continue;
+                    };
+                    for (k, v) in t.iter() {
+                        let name = k.get_ref().as_ref();
+                        let path = format!("broker.{name}");
+                        match name {
+                            "state_dir" => state_dir = self.path(v, &path),
+                            "socket" => socket = self.path(v, &path),
+                            "profiles_dir" => profiles_dir = self.path(v, &path),
+                            "region" => {
+                                region = self
+                                    .w
+                                    .string(v, &path, "a region like \"us-east-1\"")
+                                    .and_then(|s| {
+                                        let good = !s.is_empty()
+                                            && s.bytes().all(|b| {
+                                                b.is_ascii_lowercase()
+                                                    || b.is_ascii_digit()
+                                                    || b == b'-'
+                                            });
+                                        if !good {
+                                            self.w.err(
+                                                v.span(),
+                                                &path,
+                                                format!("invalid region {}", quoted(s)),
+                                            );
+                                        }
+                                        good.then(|| s.to_owned())
+                                    })
+                            }
+                            "endpoint_url" => {
+                                endpoint_url = self.w.string(v, &path, "a URL").and_then(|s| {
+                                    let good =
+                                        s.starts_with("http://") || s.starts_with("https://");
+                                    if !good {
+                                        self.w.err(
+                                            v.span(),
+                                            &path,
+                                            format!(
+                                                "{} must start with http:// or https://",
+                                                quoted(s)
+                                            ),
+                                        );
+                                    }
+                                    good.then(|| s.to_owned())
+                                });
+                                if endpoint_url.is_none() {
+                                    ok = false;
+                                }
+                            }
+                            "log_format" => {
+                                log_format = match self.w.string(v, &path, "\"text\" or \"json\"") {
+                                    Some("text") => Some(LogFormat::Text),
+                                    Some("json") => Some(LogFormat::Json),
+                                    Some(other) => {
+                                        self.w.err(
+                                            v.span(),
+                                            &path,
+                                            format!(
+                                                "expected \"text\" or \"json\", found {}",
+                                                quoted(other)
+                                            ),
+                                        );
+                                        None
+                                    }
+                                    None => None,
+                                }
+                            }
+                            "refresh_ahead" => match self.duration(v, &path, 60, 6 * 3600) {
+                                Some(d) => cache.refresh_ahead = d,
+                                None => ok = false,
+                            },
+                            "min_remaining" => match self.duration(v, &path, 60, 3600) {
+                                Some(d) => cache.min_remaining = d,
+                                None => ok = false,
+                            },
+                            "sts_timeout" => sts_timeout = self.duration(v, &path, 1, 120),
+                            _ => {
+                                self.unknown(k, "broker", &BROKER_KEYS);
+                                ok = false;
+                            }
+                        }
+                    }
+                }
+                "roles" => {
+                    let Some(t) = self.table(value, "roles") else {
+                        ok = false;
+                        continue;
+                    };
+                    for (k, v) in t.iter() {
+                        match self.role(k, v) {
+                            Some(r) => {
+                                roles.insert(r.name.as_str().to_owned(), r);
+                            }
+                            None => ok = false,
+                        }
+                    }
+                }
+                "agents" => {
+                    let Some(t) = self.table(value, "agents") else {
+                        ok = false;
+                        continue;
+                    };
+                    for (k, v) in t.iter() {
+                        match self.agent(k, v) {
+                            Some(a) => {
+                                agents.insert(a.name.clone(), (a, k.span()));
+                            }
+                            None => ok = false,
+                        }
+                    }
+                }
+                "approvers" => {
+                    let Some(t) = self.table(value, "approvers") else {
+                        ok = false;
+                        continue;
+                    };
+                    for (k, v) in t.iter() {
+                        match self.approver(k, v) {
+                            Some(a) => {
+                                approvers.insert(a.name.clone(), a);
+                            }
+                            None => ok = false,
+                        }
+                    }
+                }
+                "http" => {
+                    self.w.err(
+                        key.span(),
+                        "",
+                        "the [http] container-credentials listener is not available in this version; remove [http]",
+                    );
+                    ok = false;
+                }
+                _ => {
+                    self.unknown(key, "", &TOP);
+                    ok = false;
+                }
+            }
+        }
+
+        let broker_span = table
+            .iter()
+            .find(|(k, _)| k.get_ref() == "broker")
+            .map(|(k, _)| k.span());
+        for (name, val) in [
+            ("state_dir", state_dir.is_some()),
+            ("socket", socket.is_some()),
+            ("profiles_dir", profiles_dir.is_some()),
+        ] {
+            let given = table
+                .get("broker")
+                .and_then(|b| b.get_ref().as_table())
+                .is_some_and(|t| t.keys().any(|k| k.get_ref() == name));
+            if !val && !given {
+                match &broker_span {
+                    Some(span) => self.w.err(
+                        span.clone(),
+                        "broker",
+                        format!("missing required key {}", quoted(name)),
+                    ),
+                    None => self
+                        .w
+                        .whole_file(format!("missing required key \"broker.{name}\"")),
+                }
+            }
+        }
+        if roles.is_empty() && !table.keys().any(|k| k.get_ref() == "roles") {
+            self.w
+                .whole_file("no roles: declare at least one [roles.NAME] with an arn");
+        }
+        for (agent, span) in agents.values() {
+            if let Some(op) = &agent.operator {
+                if !approvers.contains_key(op) {
+                    self.w.err(
+                        span.clone(),
+                        &format!("agents.{}", agent.name),
+                        format!("operator {} is not declared in [approvers]", quoted(op)),
+                    );
+                }
+            }
+        }
+        if cache.min_remaining >= cache.refresh_ahead {
+            self.w
+                .whole_file("broker.min_remaining must be shorter than broker.refresh_ahead");
+            ok = false;
+        }
+
+        if !ok {
+            return None;
+        }
+        Some(Config {
+            source: source.to_owned(),
+            state_dir: state_dir?,
+            socket: socket?,
+            profiles_dir: profiles_dir?,
+            region: region?,
+            endpoint_url,
+            log_format: log_format?,
+            cache,
+            sts_timeout: sts_timeout?,
+            roles,
+            agents: agents.into_iter().map(|(k, (a, _))| (k, a)).collect(),
+            approvers,
+        })
+    }
+
+    fn role(&mut self, key: &Key<'_>, v: &Spanned<DeValue<'_>>) -> Option<Role> {
+        let name_s = key.get_ref().as_ref();
+        let path = format!("roles.{name_s}");
+        let name = RoleName::parse(name_s)
+            .map_err(|m| self.w.err(key.span(), "roles", m))
+            .ok();
+        let t = self.table(v, &path)?;
+        let mut arn = None;
+        let mut max_session = Some(SessionDuration::DEFAULT);
+        for (k, val) in t.iter() {
+            let kp = format!("{path}.{}", k.get_ref());
+            match k.get_ref().as_ref() {
+                "arn" => {
+                    arn = self.w.string(val, &kp, "a role ARN").and_then(|s| {
+                        let good = is_role_arn(s);
+                        if !good {
+                            self.w.err(
+                                val.span(),
+                                &kp,
+                                format!(
+                                    "{} is not a role ARN like arn:aws:iam::123456789012:role/NAME",
+                                    quoted(s)
+                                ),
+                            );
+                        }
+                        good.then(|| s.to_owned())
+                    })
+                }
+                "max_session" => {
+                    max_session = self
+                        .w
+                        .string(val, &kp, "a duration like \"1h\"")
+                        .and_then(|s| {
+                            SessionDuration::parse(s)
+                                .map_err(|m| self.w.err(val.span(), &kp, m))
+                                .ok()
+                        })
+                }
+                _ => self.unknown(k, &path, &["arn", "max_session"]),
+            }
+        }
+        if arn.is_none() && !t.keys().any(|k| k.get_ref() == "arn") {
+            self.w.err(v.span(), &path, "missing required key \"arn\"");
+        }
+        Some(Role {
+            name: name?,
+            arn: arn?,
+            max_session: max_session?,
+        })
+    }
+
+    fn agent(&mut self, key: &Key<'_>, v: &Spanned<DeValue<'_>>) -> Option<Agent> {
+        let name = key.get_ref().as_ref().to_owned();
+        let path = format!("agents.{name}");
+        let name_ok = check_slug("agent name", &name)
+            .map_err(|m| self.w.err(key.span(), "agents", m))
+            .is_ok();
+        let t = self.table(v, &path)?;
+        let mut profiles = None;
+        let mut uids = Some(Vec::new());
+        let mut operator = Some(None);
+        for (k, val) in t.iter() {
+            let kp = format!("{path}.{}", k.get_ref());
+            match k.get_ref().as_ref() {
+                "profiles" => profiles = self.w.list(val, &kp, false, ProfileName::parse),
+                "uids" => uids = self.uids(val, &kp),
+                "operator" => {
+                    operator = self
+                        .w
+                        .string(val, &kp, "an approver name")
+                        .map(|s| Some(s.to_owned()))
+                }
+                _ => self.unknown(k, &path, &["profiles", "uids", "operator"]),
+            }
+        }
+        if profiles.is_none() && !t.keys().any(|k| k.get_ref() == "profiles") {
+            self.w
+                .err(v.span(), &path, "missing required key \"profiles\"");
+        }
+        if !name_ok {
+            return None;
+        }
+        let mut profiles: Vec<ProfileName> = profiles?;
+        let unique: BTreeSet<_> = profiles.iter().cloned().collect();
+        profiles = unique.into_iter().collect();
+        Some(Agent {
+            name,
+            profiles,
+            uids: uids?,
+            operator: operator?,
+        })
+    }
+
+    fn approver(&mut self, key: &Key<'_>, v: &Spanned<DeValue<'_>>) -> Option<Approver> {
+        let name = key.get_ref().as_ref().to_owned();
+        let path = format!("approvers.{name}");
+        let name_ok = check_slug("approver name", &name)
+            .map_err(|m| self.w.err(key.span(), "approvers", m))
+            .is_ok();
+        let t = self.table(v, &path)?;
+        let mut uids = Some(Vec::new());
+        for (k, val) in t.iter() {
+            let kp = format!("{path}.{}", k.get_ref());
+            match k.get_ref().as_ref() {
+                "uids" => uids = self.uids(val, &kp),
+                _ => self.unknown(k, &path, &["uids"]),
+            }
+        }
+        if !name_ok {
+            return None;
+        }
+        Some(Approver { name, uids: uids? })
+    }
+}
+
+fn is_role_arn(s: &str) -> bool {
+    let parts: Vec<&str> = s.splitn(6, ':').collect();
+    parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "iam"
+        && parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && parts[5].strip_prefix("role/").is_some_and(|n| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[broker]
+state_dir = "state"
+socket = "run/mandate.sock"
+profiles_dir = "profiles"
+endpoint_url = "http://127.0.0.1:5055"
+
+[roles.sandbox]
+arn = "arn:aws:iam::123456789012:role/agent-role"
+max_session = "1h"
+
+[agents.claude]
+profiles = ["readonly", "s3-data"]
+uids = [1000]
+operator = "alice"
+
+[approvers.alice]
+uids = [1000]
+"#;
+
+    fn parse_str(s: &str) -> Result<Config, Vec<String>> {
+        parse(
+            "broker.toml",
+            s.as_bytes(),
+            Path::new("/etc/m"),
+            Path::new("/etc/m/broker.toml"),
+        )
+        .map_err(|d| d.iter().map(|d| d.to_string()).collect())
+    }
+
+    #[test]
+    fn parses_and_resolves_relative_paths() {
+        let c = parse_str(GOOD).unwrap();
+        assert_eq!(c.socket, Path::new("/etc/m/run/mandate.sock"));
+        assert_eq!(c.region, "us-east-1");
+        assert_eq!(c.endpoint_url.as_deref(), Some("http://127.0.0.1:5055"));
+        assert_eq!(c.roles["sandbox"].max_session.seconds(), 3600);
+        assert_eq!(c.agents["claude"].uids, vec![1000]);
+        assert_eq!(c.agent_for_uid(1000, None).unwrap().name, "claude");
+        assert!(c.agent_for_uid(1001, None).is_err());
+        assert!(c.agent_for_uid(1000, Some("other")).is_err());
+    }
+
+    #[test]
+    fn bad_configs_report_every_problem() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "unknown broker key",
+                "[broker]\nstate_dri = \"x\"\n",
+                &[
+                    "broker.toml: no roles: declare at least one [roles.NAME] with an arn",
+                    "broker.toml:1:2: broker: missing required key \"state_dir\"",
+                    "broker.toml:1:2: broker: missing required key \"socket\"",
+                    "broker.toml:1:2: broker: missing required key \"profiles_dir\"",
+                    "broker.toml:2:1: broker: unknown key \"state_dri\"; did you mean \"state_dir\"?",
+                ],
+            ),
+            (
+                "bad role arn",
+                "[broker]\nstate_dir = \"s\"\nsocket = \"s\"\nprofiles_dir = \"p\"\n[roles.sandbox]\narn = \"arn:aws:iam::123:user/x\"\n",
+                &[
+                    "broker.toml:6:7: roles.sandbox.arn: \"arn:aws:iam::123:user/x\" is not a role ARN like arn:aws:iam::123456789012:role/NAME",
+                ],
+            ),
+            (
+                "unknown operator",
+                "[broker]\nstate_dir = \"s\"\nsocket = \"s\"\nprofiles_dir = \"p\"\n[roles.r]\narn = \"arn:aws:iam::123456789012:role/r\"\n[agents.a]\nprofiles = [\"x\"]\noperator = \"bob\"\n",
+                &["broker.toml:7:9: agents.a: operator \"bob\" is not declared in [approvers]"],
+            ),
+            (
+                "http not yet",
+                "[http]\nlisten = \"127.0.0.1:1\"\n",
+                &[
+                    "broker.toml: missing required key \"broker.state_dir\"",
+                    "broker.toml: missing required key \"broker.socket\"",
+                    "broker.toml: missing required key \"broker.profiles_dir\"",
+                    "broker.toml: no roles: declare at least one [roles.NAME] with an arn",
+                    "broker.toml:1:2: the [http] container-credentials listener is not available in this version; remove [http]",
+                ],
+            ),
+        ];
+        for (what, src, want) in cases {
+            let got = parse_str(src).unwrap_err();
+            assert_eq!(&got, want, "{what}");
+        }
+    }
+}
