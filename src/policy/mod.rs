@@ -74,7 +74,8 @@ pub struct CompiledProfile {
     pub profile: Profile,
     pub policy: SessionPolicy,
     pub document: PolicyDocument,
-    /// Catalog actions the automatic Deny covers (exactly; the statement may use wildcards).
+    /// The destructive catalog actions the automatic Deny exists for. Its compact patterns may
+    /// also match actions the session cannot use anyway (see `auto_deny`).
     pub auto_denied: Vec<&'static Action>,
     pub size: SizeBreakdown,
     /// sha256 over everything that shapes a session (policy, ARNs, role, duration, approval,
@@ -83,6 +84,19 @@ pub struct CompiledProfile {
 }
 
 impl CompiledProfile {
+    /// The `mandate-access` session tag: `admin` for `*`, `write` when any declared action is
+    /// above Read level, else `read`.
+    pub fn access_type(&self) -> &'static str {
+        let mut write = false;
+        for p in self.profile.allow.iter().flat_map(|r| &r.actions) {
+            match p {
+                crate::profile::ActionPattern::Any => return "admin",
+                _ => write |= p.expand().any(|a| !matches!(a.level, catalog::AccessLevel::List | catalog::AccessLevel::Read)),
+            }
+        }
+        if write { "write" } else { "read" }
+    }
+
     pub fn policy_arns(&self) -> Vec<&str> {
         self.profile
             .managed_policies
