@@ -91,7 +91,14 @@ impl CompiledProfile {
         for p in self.profile.allow.iter().flat_map(|r| &r.actions) {
             match p {
                 crate::profile::ActionPattern::Any => return "admin",
-                _ => write |= p.expand().any(|a| !matches!(a.level, catalog::AccessLevel::List | catalog::AccessLevel::Read)),
+                _ => {
+                    write |= p.expand().any(|a| {
+                        !matches!(
+                            a.level,
+                            catalog::AccessLevel::List | catalog::AccessLevel::Read
+                        )
+                    })
+                }
             }
         }
         if write { "write" } else { "read" }
