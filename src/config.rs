@@ -172,8 +172,9 @@ const BROKER_KEYS: [&str; 9] = [
 ];
 const TABLES: &str = "[broker], [roles.NAME], [agents.NAME] or [approvers.NAME]";
 
-/// Reads the config and every profile in its `profiles_dir`, and cross-checks them.
-pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+/// Reads and parses only the config file (what clients need: the socket path), without the
+/// profiles.
+pub fn read(path: &Path) -> Result<Config, ConfigError> {
     let meta = std::fs::metadata(path).map_err(|e| ConfigError::Io {
         path: path.into(),
         source: e,
@@ -193,7 +194,13 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         source: e,
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let config = parse(&label, &bytes, &base, path).map_err(ConfigError::Invalid)?;
+    parse(&label, &bytes, &base, path).map_err(ConfigError::Invalid)
+}
+
+/// Reads the config and every profile in its `profiles_dir`, and cross-checks them.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let config = read(path)?;
+    let label = path.display().to_string();
     let mut diags = Vec::new();
     let mut profiles = BTreeMap::new();
     let files = match profile::discover(std::slice::from_ref(&config.profiles_dir)) {

@@ -8,10 +8,18 @@
 //! * [`policy`]: compiles a [`profile::Profile`] into the exact session policy sent to STS.
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod aws;
+pub mod broker;
 pub mod catalog;
+pub mod client;
+pub mod clock;
 pub mod config;
 pub mod diag;
 pub mod policy;
 pub mod profile;
+pub mod protocol;
+pub mod secret;
+pub mod server;
 pub mod suggest;
 pub mod toml_walk;

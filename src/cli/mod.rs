@@ -8,9 +8,14 @@
 //! | 1 | internal error (a bug: please report it) |
 //! | 2 | usage error (bad flags or arguments) |
 //! | 3 | invalid input: a profile (or config) failed validation |
-//! | 4 | not found or unreadable: a named profile or path does not exist |
+//! | 4 | not found or unreadable: a named profile, config or path does not exist |
+//! | 5 | refused: the broker denied the request (unknown caller, profile not bound, approval needed) |
+//! | 6 | unavailable: the daemon is not running, or it cannot reach AWS or write its audit log |
 
+mod creds;
+mod init;
 mod profiles;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,6 +31,8 @@ pub enum Exit {
     Usage = 2,
     Invalid = 3,
     NotFound = 4,
+    Denied = 5,
+    Unavailable = 6,
 }
 
 impl From<Exit> for ExitCode {
@@ -41,17 +48,108 @@ profiles, so an agent never inherits its operator's full role. Destructive actio
 unless a human approves, and every issuance is recorded in a tamper-evident audit log.
 
 Exit codes: 0 success, 1 internal error, 2 usage error, 3 invalid profile or config, \
-4 profile or path not found.";
+4 profile, config or path not found, 5 refused by the broker, 6 broker or AWS unavailable.";
 
 #[derive(Debug, Parser)]
 #[command(name = "mandate", version, about = ABOUT, long_about = LONG_ABOUT, propagate_version = true)]
 pub struct Cli {
+    /// The broker config [default: $MANDATE_CONFIG, ~/.config/mandate/broker.toml, /etc/mandate/broker.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the broker daemon
+    #[command(long_about = "Run the broker daemon.\n\n\
+        Validates the config and every profile, checks the base AWS credentials and the audit \
+        log, then listens on the Unix socket. Reloads on SIGHUP or when a file changes; stops on \
+        SIGINT or SIGTERM. Logs go to stderr (MANDATE_LOG sets the level, e.g. debug).")]
+    Serve,
+    /// Print credentials in the AWS credential_process format (for ~/.aws/config)
+    #[command(
+        long_about = "Print credentials in the AWS credential_process format.\n\n\
+        Use it in ~/.aws/config:  credential_process = mandate credential-process PROFILE\n\
+        On any failure it prints one line on stderr, nothing on stdout, and exits non-zero."
+    )]
+    CredentialProcess {
+        /// Profile name
+        profile: String,
+        /// Act as this agent (when your uid belongs to several)
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Request credentials, with a reason and an optional shorter duration; prints JSON
+    Request {
+        /// Profile name
+        profile: String,
+        /// Act as this agent (when your uid belongs to several)
+        #[arg(long)]
+        agent: Option<String>,
+        /// Why the session is needed (recorded in the audit log)
+        #[arg(long)]
+        reason: Option<String>,
+        /// A duration shorter than the profile's, like 15m
+        #[arg(long)]
+        duration: Option<String>,
+    },
+    /// Print shell export lines: eval "$(mandate env PROFILE)"
+    Env {
+        /// Profile name
+        profile: String,
+        /// Act as this agent
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Run a command with the profile's credentials and nothing else from AWS
+    #[command(
+        long_about = "Run a command with the profile's credentials and nothing else from AWS.\n\n\
+        The child's environment is built from an allow-list (PATH, HOME, locale, terminal, \
+        AWS_REGION, AWS_ENDPOINT_URL*) plus the credentials; AWS_CONFIG_FILE and \
+        AWS_SHARED_CREDENTIALS_FILE point to /dev/null and instance metadata is disabled, so \
+        the child cannot fall back to broader credentials.\n\n\
+        Example: mandate exec s3-data -- aws s3 ls s3://team-data/projects/agent/"
+    )]
+    Exec {
+        /// Profile name
+        profile: String,
+        /// Act as this agent
+        #[arg(long)]
+        agent: Option<String>,
+        /// The command and its arguments
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// Show live sessions per agent
+    Status {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a starter broker.toml and print the ~/.aws/config snippet for each profile
+    Init {
+        /// Directory of the profiles to offer
+        #[arg(long, value_name = "DIR", default_value = "profiles")]
+        profiles: PathBuf,
+        /// The role ARN the profiles' roles point at (edit broker.toml to split them)
+        #[arg(
+            long,
+            value_name = "ARN",
+            default_value = "arn:aws:iam::123456789012:role/agent-role"
+        )]
+        role_arn: String,
+        /// The agent to declare for your uid
+        #[arg(long, default_value = "agent")]
+        agent: String,
+        /// AWS region
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+        /// Overwrite an existing config
+        #[arg(long)]
+        force: bool,
+    },
     /// Check, show and explain capability profiles
     #[command(subcommand)]
     Profiles(profiles::ProfilesCmd),
@@ -85,7 +183,39 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    let config = cli.config;
     let code = match cli.command {
+        Command::Serve => serve::run(config),
+        Command::CredentialProcess { profile, agent } => {
+            creds::credential_process(config, profile, agent)
+        }
+        Command::Request {
+            profile,
+            agent,
+            reason,
+            duration,
+        } => creds::request(config, profile, agent, reason, duration),
+        Command::Env { profile, agent } => creds::env(config, profile, agent),
+        Command::Exec {
+            profile,
+            agent,
+            command,
+        } => creds::exec(config, profile, agent, command),
+        Command::Status { json } => creds::status(config, json),
+        Command::Init {
+            profiles,
+            role_arn,
+            agent,
+            region,
+            force,
+        } => init::run(init::InitArgs {
+            config,
+            profiles,
+            role_arn,
+            agent,
+            region,
+            force,
+        }),
         Command::Profiles(cmd) => profiles::run(cmd),
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -108,6 +238,23 @@ pub fn main() -> ExitCode {
         }
     };
     code.into()
+}
+
+/// Reports a config problem: every diagnostic for invalid files.
+pub(crate) fn config_error(e: &mandate::config::ConfigError) -> Exit {
+    match e {
+        mandate::config::ConfigError::Invalid(diags) => {
+            for d in diags {
+                eprintln!("{d}");
+            }
+            eprintln!("error: {e}");
+            Exit::Invalid
+        }
+        other => {
+            eprintln!("error: {other}");
+            Exit::NotFound
+        }
+    }
 }
 
 /// Writes to stdout; a closed pipe (`mandate ... | head`) is not an error worth a panic.

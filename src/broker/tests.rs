@@ -1,0 +1,336 @@
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+use crate::config;
+use crate::secret::Secret;
+
+struct FakeIssuer {
+    calls: AtomicUsize,
+    inputs: Mutex<Vec<AssumeRoleInput>>,
+    fail: Option<StsError>,
+}
+
+impl FakeIssuer {
+    fn new() -> Self {
+        FakeIssuer {
+            calls: AtomicUsize::new(0),
+            inputs: Mutex::new(Vec::new()),
+            fail: None,
+        }
+    }
+}
+
+impl Issuer for FakeIssuer {
+    async fn assume_role(&self, input: AssumeRoleInput) -> Result<Credentials, StsError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(e) = &self.fail {
+            return Err(e.clone());
+        }
+        let exp = clock::unix_now() + i64::from(input.duration_seconds);
+        self.inputs.lock().unwrap().push(input);
+        Ok(Credentials {
+            access_key_id: format!("ASIAFAKE{n:08}"),
+            secret_access_key: Secret::new(format!("secret-{n}")),
+            session_token: Secret::new(format!("token-{n}")),
+            expiration: exp,
+            assumed_role_arn: "arn:aws:sts::123456789012:assumed-role/agent-role/x".into(),
+        })
+    }
+}
+
+const CONFIG: &str = r#"
+[broker]
+state_dir = "state"
+socket = "mandate.sock"
+profiles_dir = "PROFILES"
+
+[roles.sandbox]
+arn = "arn:aws:iam::123456789012:role/agent-role"
+max_session = "1h"
+[roles.deployer]
+arn = "arn:aws:iam::123456789012:role/deployer"
+[roles.admin]
+arn = "arn:aws:iam::123456789012:role/admin"
+
+[agents.claude]
+profiles = ["readonly", "s3-data", "deploy-staging"]
+uids = [1000]
+operator = "alice"
+
+[agents.other]
+profiles = ["readonly"]
+uids = [2000]
+
+[approvers.alice]
+uids = [1000]
+"#;
+
+fn state(base_is_temporary: bool) -> State {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+    let cfg = CONFIG.replace("PROFILES", profiles.to_str().unwrap());
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, cfg).unwrap();
+    State::new(config::load(&path).unwrap(), base_is_temporary)
+}
+
+fn req(profile: &str) -> CredRequest {
+    CredRequest {
+        profile: profile.into(),
+        ..CredRequest::default()
+    }
+}
+
+const CLAUDE: Caller = Caller {
+    uid: 1000,
+    pid: Some(42),
+};
+
+#[test]
+fn authorization_table() {
+    let s = state(false);
+    type Case = (Caller, CredRequest, Result<u32, (DenyCode, &'static str)>);
+    let cases: Vec<Case> = vec![
+        (CLAUDE, req("s3-data"), Ok(3600)),
+        (CLAUDE, req("readonly"), Ok(3600)),
+        (
+            Caller {
+                uid: 3000,
+                pid: None,
+            },
+            req("readonly"),
+            Err((
+                DenyCode::UnknownCaller,
+                "uid 3000 is not bound to any agent in the broker config",
+            )),
+        ),
+        (
+            Caller {
+                uid: 2000,
+                pid: None,
+            },
+            req("s3-data"),
+            Err((
+                DenyCode::NotBound,
+                "agent other is not bound to profile s3-data",
+            )),
+        ),
+        (
+            CLAUDE,
+            CredRequest {
+                agent: Some("other".into()),
+                ..req("readonly")
+            },
+            Err((
+                DenyCode::UnknownCaller,
+                "uid 1000 may not act as agent \"other\"",
+            )),
+        ),
+        (
+            CLAUDE,
+            req("nope"),
+            Err((
+                DenyCode::UnknownProfile,
+                "no profile named \"\\\"nope\\\"\"",
+            )),
+        ),
+        (
+            CLAUDE,
+            req("deploy-staging"),
+            Err((
+                DenyCode::ApprovalRequired,
+                "profile deploy-staging needs approval (operator), and this broker version cannot collect approvals yet; nothing was issued",
+            )),
+        ),
+        (
+            CLAUDE,
+            CredRequest {
+                duration_seconds: Some(1200),
+                ..req("s3-data")
+            },
+            Ok(1200),
+        ),
+        (
+            CLAUDE,
+            CredRequest {
+                duration_seconds: Some(7200),
+                ..req("s3-data")
+            },
+            Err((
+                DenyCode::BadRequest,
+                "duration 7200 s is outside 900..=3600 s allowed for s3-data",
+            )),
+        ),
+    ];
+    for (caller, r, want) in cases {
+        let got = match authorize(&s, caller, &r) {
+            Decision::Granted(g) => Ok(g.duration_seconds()),
+            Decision::Denied(d) => Err((d.code, d.message)),
+        };
+        let want = want.map_err(|(c, m)| (c, m.to_owned()));
+        assert_eq!(got, want, "{r:?}");
+    }
+}
+
+#[test]
+fn temporary_base_credentials_cap_sessions_at_one_hour() {
+    let mut s = state(true);
+    // Pretend the role allows 12 h and the profile asks for 12 h.
+    let role = s.config.roles.get_mut("sandbox").unwrap();
+    role.max_session = crate::profile::SessionDuration::parse("12h").unwrap();
+    let Decision::Granted(g) = authorize(&s, CLAUDE, &req("s3-data")) else {
+        panic!()
+    };
+    assert_eq!(g.duration_seconds(), 3600);
+}
+
+#[test]
+fn cache_freshness() {
+    let p = CachePolicy::default(); // refresh 20 min ahead, never below 5 min
+    let now = 1_000_000;
+    assert!(servable(&p, now + 3600, 3600, now));
+    assert!(servable(&p, now + 20 * 60 + 1, 3600, now));
+    assert!(
+        !servable(&p, now + 20 * 60, 3600, now),
+        "inside the refresh window"
+    );
+    // A 15-minute session is reused until half of it is gone, but never under 5 minutes.
+    assert!(servable(&p, now + 8 * 60, 900, now));
+    assert!(!servable(&p, now + 7 * 60, 900, now));
+    let strict = CachePolicy {
+        refresh_ahead: Duration::from_secs(600),
+        min_remaining: Duration::from_secs(500),
+    };
+    assert!(!servable(&strict, now + 450, 900, now));
+}
+
+fn audit_dir() -> (tempfile::TempDir, AuditLog) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let log = AuditLog::open(dir.path()).unwrap();
+    (dir, log)
+}
+
+fn records(dir: &tempfile::TempDir) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.path().join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_requests_mint_once_and_everything_is_audited() {
+    let (dir, log) = audit_dir();
+    let broker = Arc::new(Broker::new(state(false), FakeIssuer::new(), log));
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let b = broker.clone();
+        tasks.push(tokio::spawn(async move {
+            b.credentials(CLAUDE, req("s3-data")).await
+        }));
+    }
+    let mut keys = std::collections::HashSet::new();
+    for t in tasks {
+        keys.insert(t.await.unwrap().unwrap().credentials.access_key_id.clone());
+    }
+    assert_eq!(broker.issuer.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(keys.len(), 1);
+    let input = broker.issuer.inputs.lock().unwrap()[0].clone();
+    let s3 = &broker.state().profiles["s3-data"];
+    assert_eq!(input.policy, s3.policy.as_json());
+    assert_eq!(input.source_identity, "mandate-claude");
+    assert_eq!(input.duration_seconds, 3600);
+    assert!(input.session_name.starts_with("mandate-claude-"));
+    let tag_keys: Vec<&str> = input.tags.iter().map(|t| t.0.as_str()).collect();
+    assert_eq!(
+        tag_keys,
+        [
+            "mandate-agent",
+            "mandate-profile",
+            "mandate-request-id",
+            "mandate-access",
+            "team"
+        ]
+    );
+    assert_eq!(input.tags[3].1, "write");
+
+    // Let the fire-and-forget delivery records reach the disk.
+    broker
+        .audit()
+        .append_durable(Record::new(Kind::Stopped))
+        .await
+        .unwrap();
+    let recs = records(&dir);
+    let count = |k: &str| recs.iter().filter(|r| r["kind"] == k).count();
+    assert_eq!(
+        (count("request"), count("issued"), count("delivered")),
+        (1, 1, 199)
+    );
+    let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert!(
+        !text.contains("secret-0") && !text.contains("token-0"),
+        "no secret in the audit log"
+    );
+}
+
+#[tokio::test]
+async fn denials_are_audited_and_nothing_is_minted() {
+    let (dir, log) = audit_dir();
+    let broker = Broker::new(state(false), FakeIssuer::new(), log);
+    let err = broker
+        .credentials(
+            Caller {
+                uid: 2000,
+                pid: Some(7),
+            },
+            req("s3-data"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "not_bound");
+    assert_eq!(broker.issuer.calls.load(Ordering::SeqCst), 0);
+    let recs = records(&dir);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["kind"], "denied");
+    assert_eq!(recs[0]["agent"], "other");
+    assert_eq!(recs[0]["code"], "not_bound");
+    assert_eq!(recs[0]["uid"], 2000);
+}
+
+#[tokio::test]
+async fn sts_errors_surface_and_are_audited() {
+    let (dir, log) = audit_dir();
+    let mut issuer = FakeIssuer::new();
+    issuer.fail = Some(StsError::Throttled);
+    let broker = Broker::new(state(false), issuer, log);
+    let err = broker
+        .credentials(CLAUDE, req("s3-data"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BrokerError::Sts(StsError::Throttled)));
+    let kinds: Vec<String> = records(&dir)
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["request", "denied"]);
+}
+
+#[tokio::test]
+async fn a_failed_audit_log_stops_issuance_before_sts() {
+    let (dir, log) = audit_dir();
+    let broker = Broker::new(state(false), FakeIssuer::new(), log);
+    // Make the log unwritable under the writer: replace the file with a directory is not
+    // possible while open, so mark it failed through a write to a full device instead.
+    broker.audit().failed_for_test();
+    let err = broker
+        .credentials(CLAUDE, req("s3-data"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "audit_unavailable");
+    assert_eq!(broker.issuer.calls.load(Ordering::SeqCst), 0);
+    drop(dir);
+}

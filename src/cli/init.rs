@@ -1,0 +1,146 @@
+//! `mandate init`: a starter `broker.toml` and the `~/.aws/config` snippet for each profile.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use mandate::profile;
+
+use super::{Exit, print_bytes};
+
+pub struct InitArgs {
+    pub config: Option<PathBuf>,
+    pub profiles: PathBuf,
+    pub role_arn: String,
+    pub agent: String,
+    pub region: String,
+    pub force: bool,
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+pub fn run(a: InitArgs) -> Exit {
+    let target = match a
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("MANDATE_CONFIG").map(PathBuf::from))
+    {
+        Some(p) => p,
+        None => match std::env::var_os("HOME") {
+            Some(h) => Path::new(&h).join(".config/mandate/broker.toml"),
+            None => {
+                eprintln!("error: HOME is not set; pass --config FILE");
+                return Exit::Usage;
+            }
+        },
+    };
+    let target = absolute(&target);
+    if target.exists() && !a.force {
+        eprintln!(
+            "error: {} exists; pass --force to overwrite it",
+            target.display()
+        );
+        return Exit::Usage;
+    }
+    if let Err(m) = profile::check_slug("agent name", &a.agent) {
+        eprintln!("error: --agent: {m}");
+        return Exit::Usage;
+    }
+    let profiles_dir = absolute(&a.profiles);
+    let files = match profile::discover(std::slice::from_ref(&profiles_dir)) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::NotFound;
+        }
+    };
+    let mut names = Vec::new();
+    let mut roles = BTreeSet::new();
+    for f in &files {
+        match profile::load(f) {
+            Ok(p) => {
+                roles.insert(p.role.as_str().to_owned());
+                names.push(p.name.as_str().to_owned());
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: {e}; run `mandate profiles check {}`",
+                    profiles_dir.display()
+                );
+                return Exit::Invalid;
+            }
+        }
+    }
+    let uid = mandate::server::effective_uid();
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| profile::check_slug("user", u).is_ok())
+        .unwrap_or_else(|| "operator".into());
+    let mut toml = format!(
+        "# mandate broker config, written by `mandate init`. Reference: README.md.\n\
+         [broker]\n\
+         state_dir = \"state\"            # audit log and broker state (relative to this file)\n\
+         socket = \"run/mandate.sock\"     # the agents' Unix socket\n\
+         profiles_dir = {:?}\n\
+         region = {:?}\n\
+         # endpoint_url = \"http://127.0.0.1:5055\"   # a local AWS emulator only\n",
+        profiles_dir.display().to_string(),
+        a.region
+    );
+    for role in &roles {
+        toml.push_str(&format!(
+            "\n[roles.{role}]\narn = {:?}   # the role agents of this kind assume\nmax_session = \"1h\"\n",
+            a.role_arn
+        ));
+    }
+    toml.push_str(&format!(
+        "\n[agents.{}]\nprofiles = [{}]\nuids = [{uid}]\noperator = {:?}\n\n[approvers.{}]\nuids = [{uid}]\n",
+        a.agent,
+        names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
+        user,
+        user
+    ));
+    if let Some(dir) = target.parent() {
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+        {
+            eprintln!("error: cannot create {}: {e}", dir.display());
+            return Exit::Internal;
+        }
+    }
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&target)
+        .and_then(|mut f| f.write_all(toml.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("error: cannot write {}: {e}", target.display());
+        return Exit::Internal;
+    }
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "mandate".into());
+    let mut out = format!(
+        "wrote {}\n\nAdd to ~/.aws/config (one AWS profile per mandate profile):\n",
+        target.display()
+    );
+    for n in &names {
+        out.push_str(&format!(
+            "\n[profile mandate-{n}]\ncredential_process = {exe} --config {} credential-process {n}\nregion = {}\n",
+            target.display(),
+            a.region
+        ));
+    }
+    out.push_str(&format!(
+        "\nThen: mandate --config {} serve\n",
+        target.display()
+    ));
+    print_bytes(out.as_bytes())
+}

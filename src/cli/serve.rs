@@ -1,0 +1,216 @@
+//! `mandate serve`: validate everything, then bind, then serve until SIGINT/SIGTERM.
+
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use mandate::audit::{AuditLog, Kind, Record};
+use mandate::aws::SdkIssuer;
+use mandate::broker::{Broker, State};
+use mandate::config::{self, Config, LogFormat};
+use mandate::server;
+
+use super::{Exit, config_error};
+
+pub fn run(config_flag: Option<PathBuf>) -> Exit {
+    let path = match config::locate(config_flag.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return config_error(&e),
+    };
+    // Everything is validated before anything is bound.
+    let loaded = match config::load(&path) {
+        Ok(l) => l,
+        Err(e) => return config_error(&e),
+    };
+    init_logging(loaded.config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Internal;
+        }
+    };
+    runtime.block_on(serve(path, loaded))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MANDATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn private_dir(dir: &Path) -> Result<(), String> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by group or others; chmod 700 it",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Shared-uid warning of design invariant 7.
+fn warn_shared_uids(c: &Config) {
+    for agent in c.agents.values() {
+        for approver in c.approvers.values() {
+            if let Some(uid) = agent.uids.iter().find(|u| approver.uids.contains(u)) {
+                tracing::warn!(
+                    agent = %agent.name, approver = %approver.name, uid,
+                    "agent and approver share a uid: approval for this agent is advisory, not a boundary; run the agent as another uid or in a container"
+                );
+            }
+        }
+    }
+}
+
+async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
+    let c = loaded.config.clone();
+    let issuer = match SdkIssuer::new(&c.region, c.endpoint_url.as_deref(), c.sts_timeout).await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::Unavailable;
+        }
+    };
+    let audit_dir = c.state_dir.join("audit");
+    if let Err(e) = private_dir(&c.state_dir).and_then(|()| private_dir(&audit_dir)) {
+        eprintln!("error: state directory: {e}");
+        return Exit::Unavailable;
+    }
+    let audit = match AuditLog::open(&audit_dir) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}; refusing to start without an audit log");
+            return Exit::Unavailable;
+        }
+    };
+    let mut started = Record::new(Kind::Started);
+    started.message = Some(format!(
+        "mandate {} serving {} profile(s)",
+        env!("CARGO_PKG_VERSION"),
+        loaded.profiles.len()
+    ));
+    if let Err(e) = audit.append_durable(started).await {
+        eprintln!("error: {e}");
+        return Exit::Unavailable;
+    }
+    let listener = match server::bind(&c.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::Unavailable;
+        }
+    };
+    warn_shared_uids(&c);
+    if issuer.base_is_temporary {
+        tracing::info!("base credentials are temporary: sessions are capped at 1 hour");
+    }
+    let base_is_temporary = issuer.base_is_temporary;
+    let broker = Arc::new(Broker::new(
+        State::new(loaded, base_is_temporary),
+        issuer,
+        audit.clone(),
+    ));
+    tracing::info!(socket = %c.socket.display(), config = %path.display(), "mandate is serving");
+
+    let reloader = tokio::spawn(reload_loop(broker.clone(), path, base_is_temporary));
+    server::serve(broker.clone(), listener, shutdown_signal()).await;
+    reloader.abort();
+    let _ = std::fs::remove_file(&c.socket);
+    let _ = audit.append_durable(Record::new(Kind::Stopped)).await;
+    tracing::info!("mandate stopped");
+    Exit::Ok
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// A cheap fingerprint of the config file and the profiles directory.
+fn fingerprint(config: &Path, profiles: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    let mut out = Vec::new();
+    let mut push = |p: PathBuf| {
+        if let Ok(m) = std::fs::metadata(&p) {
+            out.push((p, m.size(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+        }
+    };
+    push(config.to_owned());
+    if let Ok(entries) = std::fs::read_dir(profiles) {
+        for e in entries.flatten() {
+            push(e.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reloads on SIGHUP or when the config or a profile changes. A bad edit keeps the old state.
+async fn reload_loop<I: mandate::aws::Issuer>(
+    broker: Arc<Broker<I>>,
+    path: PathBuf,
+    base_is_temporary: bool,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    let profiles_dir = broker.state().config.profiles_dir.clone();
+    let mut last = fingerprint(&path, &profiles_dir);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                let now = fingerprint(&path, &profiles_dir);
+                if now == last { continue; }
+            }
+        }
+        last = fingerprint(&path, &profiles_dir);
+        match config::load(&path) {
+            Ok(loaded) => {
+                let n = loaded.profiles.len();
+                broker.replace_state(State::new(loaded, base_is_temporary));
+                tracing::info!(profiles = n, "reloaded the config and profiles");
+            }
+            Err(e) => {
+                let detail = match &e {
+                    config::ConfigError::Invalid(d) => d
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    other => other.to_string(),
+                };
+                tracing::error!(error = %detail, "reload failed; keeping the previous config");
+            }
+        }
+    }
+}

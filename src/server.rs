@@ -1,0 +1,236 @@
+//! The Unix socket transport. Every connection's peer uid comes from the kernel
+//! (`SO_PEERCRED`); the request can never claim an identity. Connections, request size and time
+//! are bounded.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+
+use crate::aws::Issuer;
+use crate::broker::{Broker, BrokerError, Caller, CredRequest, REQUEST_DEADLINE};
+use crate::clock;
+use crate::protocol::{MAX_REQUEST_BYTES, Request};
+
+/// Concurrent connections served; more are answered "busy" and closed.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Time a client has to send its request line.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("socket directory {dir}: {reason}")]
+    Dir { dir: String, reason: String },
+    #[error("another mandate daemon is already listening on {0}")]
+    InUse(String),
+    #[error("cannot listen on {path}: {source}")]
+    Bind { path: String, source: io::Error },
+}
+
+/// Creates the socket's directory (0700, whatever the umask), refuses one others can write, and
+/// binds the socket with mode 0600.
+pub fn bind(socket: &Path) -> Result<UnixListener, ListenError> {
+    let dir = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir_err = |reason: String| ListenError::Dir {
+        dir: dir.display().to_string(),
+        reason,
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| dir_err(e.to_string()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| dir_err(e.to_string()))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| dir_err(e.to_string()))?;
+    // The directory must be ours (or root's) and private.
+    let me = effective_uid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(dir_err(format!(
+            "owned by uid {}, not by the daemon's uid {me}",
+            meta.uid()
+        )));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(dir_err("writable by group or others; chmod 700 it".into()));
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Err(ListenError::InUse(socket.display().to_string()));
+        }
+        let _ = std::fs::remove_file(socket);
+    }
+    let listener = UnixListener::bind(socket).map_err(|e| ListenError::Bind {
+        path: socket.display().to_string(),
+        source: e,
+    })?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+        ListenError::Bind {
+            path: socket.display().to_string(),
+            source: e,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// This process's effective uid: the owner of `/proc/self` (no `unsafe` libc call needed).
+pub fn effective_uid() -> u32 {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve<I: Issuer>(
+    broker: Arc<Broker<I>>,
+    listener: UnixListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tokio::spawn(async move { let mut s = stream; let _ = reply(&mut s, &error_body("busy", "the broker is at its connection limit; retry")).await; });
+                    continue;
+                };
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    handle(broker, stream).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+fn error_body(code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({ "ok": false, "error": { "code": code, "message": message } })
+}
+
+async fn reply(stream: &mut UnixStream, body: &serde_json::Value) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec(body).unwrap_or_default();
+    bytes.push(b'\n');
+    stream.write_all(&bytes).await?;
+    stream.shutdown().await
+}
+
+async fn handle<I: Issuer>(broker: Arc<Broker<I>>, mut stream: UnixStream) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(_) => return,
+    };
+    let caller = Caller {
+        uid: cred.uid(),
+        pid: cred.pid(),
+    };
+    let mut line = Vec::new();
+    let read = {
+        let mut limited = BufReader::new((&mut stream).take(MAX_REQUEST_BYTES as u64 + 1));
+        tokio::time::timeout(READ_TIMEOUT, limited.read_until(b'\n', &mut line)).await
+    };
+    let body = match read {
+        Err(_) => error_body("timeout", "no request received in time"),
+        Ok(Err(_)) => return,
+        Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => {
+            error_body("bad_request", "request too large")
+        }
+        Ok(Ok(_)) => match Request::parse(&line) {
+            Err(m) => error_body("bad_request", &m),
+            Ok(req) => dispatch(&broker, caller, req).await,
+        },
+    };
+    let _ = tokio::time::timeout(READ_TIMEOUT, reply(&mut stream, &body)).await;
+}
+
+async fn dispatch<I: Issuer>(
+    broker: &Broker<I>,
+    caller: Caller,
+    req: Request,
+) -> serde_json::Value {
+    match req {
+        Request::Credentials {
+            profile,
+            agent,
+            reason,
+            duration_seconds,
+        } => {
+            let req = CredRequest {
+                profile,
+                agent,
+                reason,
+                duration_seconds,
+            };
+            match tokio::time::timeout(REQUEST_DEADLINE, broker.credentials(caller, req)).await {
+                Err(_) => error_body("timeout", "the broker could not get credentials in time"),
+                Ok(Err(e)) => {
+                    if !matches!(e, BrokerError::Denied(_)) {
+                        tracing::warn!(uid = caller.uid, code = e.code(), error = %e, "credential request failed");
+                    }
+                    error_body(e.code(), &e.to_string())
+                }
+                Ok(Ok(issued)) => {
+                    let c = &issued.credentials;
+                    serde_json::json!({
+                        "ok": true,
+                        "credentials": {
+                            "AccessKeyId": c.access_key_id,
+                            "SecretAccessKey": c.secret_access_key.expose(),
+                            "SessionToken": c.session_token.expose(),
+                            "Expiration": clock::rfc3339(c.expiration),
+                        },
+                        "request_id": issued.request_id,
+                        "agent": issued.agent,
+                        "profile": issued.profile,
+                        "cached": issued.cached,
+                    })
+                }
+            }
+        }
+        Request::Status => {
+            let state = broker.state();
+            let agent = state
+                .config
+                .agent_for_uid(caller.uid, None)
+                .ok()
+                .map(|a| a.name.clone());
+            let approver = state
+                .config
+                .approvers
+                .values()
+                .any(|a| a.uids.contains(&caller.uid));
+            if agent.is_none() && !approver {
+                return error_body(
+                    "unknown_caller",
+                    &format!("uid {} is neither an agent nor an approver", caller.uid),
+                );
+            }
+            // Approvers see every agent; an agent sees its own sessions.
+            let filter = if approver { None } else { agent.as_deref() };
+            serde_json::json!({
+                "ok": true,
+                "status": {
+                    "sessions": broker.sessions(filter),
+                    "agents": state.config.agents.values().filter(|a| filter.is_none_or(|f| f == a.name)).map(|a| serde_json::json!({
+                        "name": a.name,
+                        "profiles": a.profiles.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                    "audit_ok": !broker.audit().is_failed(),
+                }
+            })
+        }
+    }
+}
