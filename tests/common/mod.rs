@@ -1,0 +1,349 @@
+//! Test harness: real peers on free loopback ports (moto as STS/IAM, a recording proxy, the
+//! real `mandate` daemon) that clean up after themselves.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MANDATE: &str = env!("CARGO_BIN_EXE_mandate");
+pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/agent-role";
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A tool from the project's pinned Python environment (.venv, made by scripts/test).
+pub fn venv(tool: &str) -> PathBuf {
+    let p = root().join(".venv/bin").join(tool);
+    assert!(
+        p.exists(),
+        "{} is missing: run ./scripts/test (or python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt)",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.0 exchange (no client library needed for moto's JSON API).
+pub fn http(port: u16, method: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_owned())
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kills (and reaps) a child on drop.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct Moto {
+    pub port: u16,
+    child: Guard,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new(venv("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let m = Moto {
+            port,
+            child: Guard(child),
+        };
+        wait_until("moto", Duration::from_secs(30), || {
+            http(port, "GET", "/moto-api/").is_some()
+        });
+        m.seed_role();
+        m
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn seed_role(&self) {
+        let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":["sts:AssumeRole","sts:TagSession","sts:SetSourceIdentity"]}]}"#;
+        let out = aws_cli()
+            .args([
+                "--endpoint-url",
+                &self.endpoint(),
+                "iam",
+                "create-role",
+                "--role-name",
+                "agent-role",
+            ])
+            .args(["--assume-role-policy-document", trust])
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The sessions moto recorded (`sts.AssumedRole` of /moto-api/data.json).
+    pub fn assumed_roles(&self) -> Vec<serde_json::Value> {
+        let body = http(self.port, "GET", "/moto-api/data.json").expect("moto data");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["sts"]["AssumedRole"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn stop(self) {
+        drop(self.child);
+    }
+}
+
+/// The AWS CLI from .venv with a clean environment (no credentials of the test runner's).
+pub fn aws_cli() -> Command {
+    let mut c = Command::new(venv("aws"));
+    clean_env(&mut c);
+    c
+}
+
+pub fn python() -> Command {
+    let mut c = Command::new(venv("python"));
+    clean_env(&mut c);
+    c
+}
+
+pub fn clean_env(c: &mut Command) {
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", "/nonexistent")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+}
+
+/// The recording, fault-injecting proxy (tests/harness/recording_proxy.py).
+pub struct Proxy {
+    pub port: u16,
+    pub log: PathBuf,
+    pub faults: PathBuf,
+    child: Guard,
+}
+
+impl Proxy {
+    pub fn start(dir: &Path, upstream: u16) -> Proxy {
+        let port = free_port();
+        let log = dir.join("assume-role.jsonl");
+        let faults = dir.join("faults.json");
+        let child = Command::new(venv("python"))
+            .arg(root().join("tests/harness/recording_proxy.py"))
+            .args([port.to_string(), upstream.to_string()])
+            .args([&log, &faults])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = Proxy {
+            port,
+            log,
+            faults,
+            child: Guard(child),
+        };
+        wait_until("proxy", Duration::from_secs(10), || {
+            http(port, "GET", "/moto-api/").is_some()
+        });
+        p
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Decoded form parameters of every AssumeRole that reached the proxy.
+    pub fn assume_roles(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn inject(&self, fault: serde_json::Value) {
+        std::fs::write(&self.faults, fault.to_string()).unwrap();
+    }
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Option<Guard>,
+    pub stderr: PathBuf,
+}
+
+/// A broker config for tests: the example profiles, every role at the seeded role, agent
+/// `claude` for this uid bound to readonly and s3-data.
+pub fn config_text(endpoint: &str, extra: &str) -> String {
+    config_with_profiles(endpoint, &root().join("profiles"), extra)
+}
+
+pub fn config_with_profiles(endpoint: &str, profiles: &Path, extra: &str) -> String {
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    format!(
+        r#"[broker]
+state_dir = "state"
+socket = "run/mandate.sock"
+profiles_dir = "{}"
+endpoint_url = "{endpoint}"
+sts_timeout = "2s"
+
+[roles.sandbox]
+arn = "{ROLE_ARN}"
+max_session = "1h"
+[roles.deployer]
+arn = "{ROLE_ARN}"
+[roles.admin]
+arn = "{ROLE_ARN}"
+
+[agents.claude]
+profiles = ["readonly", "s3-data", "deploy-staging"]
+uids = [{uid}]
+{extra}"#,
+        profiles.display()
+    )
+}
+
+impl Daemon {
+    pub fn start(config: &str) -> Daemon {
+        Self::start_with_env(
+            config,
+            &[
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ],
+        )
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, config).unwrap();
+        let stderr = dir.path().join("daemon.log");
+        let mut cmd = Command::new(MANDATE);
+        clean_env(&mut cmd);
+        cmd.envs(env.iter().copied());
+        let child = cmd
+            .arg("--config")
+            .arg(&path)
+            .arg("serve")
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon {
+            dir,
+            config: path,
+            child: Some(Guard(child)),
+            stderr,
+        };
+        let socket = d.dir.path().join("run/mandate.sock");
+        let start = Instant::now();
+        while !socket.exists() {
+            if let Some(Ok(Some(status))) = d.child.as_mut().map(|c| c.0.try_wait()) {
+                panic!("mandate serve exited with {status}:\n{}", d.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon did not start:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/mandate.sock")
+    }
+
+    /// `mandate --config … ARGS` as a client.
+    pub fn mandate(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(MANDATE);
+        clean_env(&mut c);
+        c.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("state/audit/audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// An AWS config file whose profile `agent` uses credential_process for `profile`.
+    pub fn aws_config(&self, profile: &str) -> PathBuf {
+        let p = self.dir.path().join(format!("aws-config-{profile}"));
+        std::fs::write(
+            &p,
+            format!(
+                "[profile agent]\ncredential_process = {MANDATE} --config {} credential-process {profile}\nregion = us-east-1\n",
+                self.config.display()
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    /// SIGTERM and wait (graceful shutdown).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut g = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &g.0.id().to_string()])
+            .status();
+        g.0.wait().ok()
+    }
+}

@@ -1,0 +1,622 @@
+//! The real `mandate` daemon against moto (STS/IAM) on free loopback ports, driven by real
+//! clients: the AWS CLI, boto3 and the Rust aws-config crate, all through credential_process.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A profiles directory for the test: the example s3-data, plus one that exercises managed
+/// policy ARNs, extra tags and duration clamping (it asks for 2h; the role allows 1h).
+fn test_profiles(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("profiles");
+    std::fs::create_dir(&p).unwrap();
+    std::fs::copy(root().join("profiles/s3-data.toml"), p.join("s3-data.toml")).unwrap();
+    std::fs::copy(
+        root().join("profiles/readonly.toml"),
+        p.join("readonly.toml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root().join("profiles/deploy-staging.toml"),
+        p.join("deploy-staging.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("clamped.toml"),
+        r#"description = "two hours asked, one allowed"
+role = "sandbox"
+duration = "2h"
+approval = "none"
+managed_policies = ["arn:aws:iam::aws:policy/ReadOnlyAccess"]
+[[allow]]
+actions = ["s3:GetObject"]
+resources = ["arn:aws:s3:::team-data/*"]
+[tags]
+team = "data"
+"#,
+    )
+    .unwrap();
+    p
+}
+
+fn caller_identity_aws_cli(d: &Daemon, moto: &Moto, profile: &str) -> Value {
+    let out = aws_cli()
+        .env("AWS_CONFIG_FILE", d.aws_config(profile))
+        .args([
+            "--endpoint-url",
+            &moto.endpoint(),
+            "sts",
+            "get-caller-identity",
+            "--profile",
+            "agent",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "aws cli: {}\n{}",
+        stderr(&out),
+        d.log()
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn caller_identity_boto3(d: &Daemon, moto: &Moto, profile: &str) -> Value {
+    let script = "import boto3, json, sys\n\
+        s = boto3.Session(profile_name='agent')\n\
+        print(json.dumps(s.client('sts', endpoint_url=sys.argv[1]).get_caller_identity()))";
+    let out = python()
+        .env("AWS_CONFIG_FILE", d.aws_config(profile))
+        .args(["-c", script, &moto.endpoint()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "boto3: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn caller_identity_rust(d: &Daemon, moto: &Moto, profile: &str) -> String {
+    use aws_runtime::env_config::file::{
+        EnvConfigFileKind as ProfileFileKind, EnvConfigFiles as ProfileFiles,
+    };
+    let files = ProfileFiles::builder()
+        .with_file(ProfileFileKind::Config, d.aws_config(profile))
+        .build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
+            .profile_files(files)
+            .profile_name("agent")
+            .build();
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .credentials_provider(provider)
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(moto.endpoint())
+            .load()
+            .await;
+        let out = aws_sdk_sts::Client::new(&conf)
+            .get_caller_identity()
+            .send()
+            .await
+            .expect("rust sdk call");
+        out.arn().unwrap().to_owned()
+    })
+}
+
+#[test]
+fn three_clients_get_the_profiles_scoped_session_and_sts_receives_exactly_the_compiled_request() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(tmp.path(), moto.port);
+    let profiles = test_profiles(tmp.path());
+    let d = Daemon::start(
+        &config_with_profiles(&proxy.endpoint(), &profiles, "").replace(
+            "profiles = [\"readonly\", \"s3-data\", \"deploy-staging\"]",
+            "profiles = [\"readonly\", \"s3-data\", \"deploy-staging\", \"clamped\"]",
+        ),
+    );
+
+    let cli = caller_identity_aws_cli(&d, &moto, "s3-data");
+    let arn = cli["Arn"].as_str().unwrap().to_owned();
+    assert!(
+        arn.starts_with("arn:aws:sts::123456789012:assumed-role/agent-role/mandate-claude-"),
+        "{arn}"
+    );
+    // The other clients are served the same cached session.
+    assert_eq!(
+        caller_identity_boto3(&d, &moto, "s3-data")["Arn"],
+        arn.as_str()
+    );
+    assert_eq!(caller_identity_rust(&d, &moto, "s3-data"), arn);
+
+    let recorded = proxy.assume_roles();
+    assert_eq!(
+        recorded.len(),
+        1,
+        "one AssumeRole for three clients: {recorded:?}"
+    );
+    let r = &recorded[0];
+    let shown = d.mandate(&[
+        "profiles",
+        "show",
+        "s3-data",
+        "--profiles",
+        profiles.to_str().unwrap(),
+        "--json",
+    ]);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        r["Policy"], shown["policy_json"],
+        "the exact compiled policy bytes"
+    );
+    assert_eq!(r["RoleArn"], ROLE_ARN);
+    assert_eq!(r["DurationSeconds"], "3600");
+    assert_eq!(r["SourceIdentity"], "mandate-claude");
+    let session = arn.rsplit('/').next().unwrap();
+    assert_eq!(r["RoleSessionName"], session);
+    assert_eq!(r["Tags.member.1.Key"], "mandate-agent");
+    assert_eq!(r["Tags.member.1.Value"], "claude");
+    assert_eq!(r["Tags.member.2.Key"], "mandate-profile");
+    assert_eq!(r["Tags.member.2.Value"], "s3-data");
+    assert_eq!(r["Tags.member.3.Key"], "mandate-request-id");
+    assert_eq!(r["Tags.member.4.Key"], "mandate-access");
+    assert_eq!(r["Tags.member.4.Value"], "write");
+    assert_eq!(r["Tags.member.5.Key"], "team");
+    assert_eq!(r["TransitiveTagKeys.member.1"], "mandate-agent");
+    assert!(r.get("PolicyArns.member.1.arn").is_none());
+    // moto recorded the same session with the same policy.
+    let sessions = moto.assumed_roles();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0]["session_name"], session);
+    assert_eq!(sessions[0]["policy"], shown["policy_json"]);
+
+    // Managed policy ARNs, extra tags, and the duration clamped to the role's 1h maximum.
+    caller_identity_aws_cli(&d, &moto, "clamped");
+    let r = proxy.assume_roles().pop().unwrap();
+    assert_eq!(
+        r["PolicyArns.member.1.arn"],
+        "arn:aws:iam::aws:policy/ReadOnlyAccess"
+    );
+    assert_eq!(r["DurationSeconds"], "3600");
+    assert_eq!(r["Tags.member.5.Key"], "team");
+    assert_eq!(r["Tags.member.5.Value"], "data");
+
+    // Audit: request and issued records carry the access key the clients used, and no secret.
+    let audit = d.audit();
+    let issued: Vec<&Value> = audit.iter().filter(|r| r["kind"] == "issued").collect();
+    assert_eq!(issued.len(), 2);
+    assert_eq!(issued[0]["session_name"], session);
+    let text = std::fs::read_to_string(d.dir.path().join("state/audit/audit.jsonl")).unwrap();
+    let cp = d.mandate(&["credential-process", "s3-data"]);
+    let cp: Value = serde_json::from_slice(&cp.stdout).unwrap();
+    assert!(!text.contains(cp["SecretAccessKey"].as_str().unwrap()));
+    assert!(!text.contains(cp["SessionToken"].as_str().unwrap()));
+    assert!(!d.log().contains(cp["SecretAccessKey"].as_str().unwrap()));
+}
+
+#[test]
+fn credential_process_output_has_the_documented_shape() {
+    let moto = Moto::start();
+    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let out = d.mandate(&["credential-process", "readonly"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stderr.is_empty());
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "AccessKeyId",
+            "Expiration",
+            "SecretAccessKey",
+            "SessionToken",
+            "Version"
+        ]
+    );
+    assert_eq!(v["Version"], 1);
+    let exp = v["Expiration"].as_str().unwrap();
+    assert!(
+        exp.len() == 20 && exp.ends_with('Z') && exp.as_bytes()[10] == b'T',
+        "{exp}"
+    );
+}
+
+#[test]
+fn two_hundred_concurrent_cold_requests_cause_exactly_one_assume_role() {
+    let moto = Moto::start();
+    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let handles: Vec<_> = (0..200)
+        .map(|_| {
+            let config = d.config.clone();
+            std::thread::spawn(move || {
+                let mut c = std::process::Command::new(MANDATE);
+                clean_env(&mut c);
+                c.arg("--config")
+                    .arg(config)
+                    .args(["credential-process", "s3-data"])
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut keys = std::collections::BTreeSet::new();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        keys.insert(v["AccessKeyId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(keys.len(), 1, "every caller got the same session");
+    assert_eq!(
+        moto.assumed_roles().len(),
+        1,
+        "exactly one AssumeRole reached moto"
+    );
+    let audit = d.audit();
+    assert_eq!(audit.iter().filter(|r| r["kind"] == "issued").count(), 1);
+}
+
+#[test]
+fn a_uid_not_bound_to_the_agent_is_refused_even_on_a_world_writable_socket() {
+    let moto = Moto::start();
+    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    // Open everything up: only the peer-uid check can stop the other user now.
+    for p in [d.dir.path(), &d.dir.path().join("run")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bin = d.dir.path().join("mandate-client");
+    std::fs::copy(MANDATE, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .arg("--config")
+        .arg(&d.config)
+        .args(["credential-process", "readonly"])
+        .env_clear()
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr(&out),
+        "mandate: uid 65534 is not bound to any agent in the broker config\n"
+    );
+    assert!(moto.assumed_roles().is_empty());
+    let denied: Vec<Value> = d
+        .audit()
+        .into_iter()
+        .filter(|r| r["kind"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["uid"], 65534);
+    assert_eq!(denied[0]["code"], "unknown_caller");
+}
+
+#[test]
+fn unbound_and_approval_profiles_are_refused_and_audited() {
+    let moto = Moto::start();
+    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let out = d.mandate(&["credential-process", "breakglass-admin"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr(&out),
+        "mandate: agent claude is not bound to profile breakglass-admin\n"
+    );
+    let out = d.mandate(&["credential-process", "deploy-staging"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        stderr(&out).starts_with("mandate: profile deploy-staging needs approval (operator)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(moto.assumed_roles().is_empty(), "nothing reached STS");
+    let codes: Vec<Value> = d
+        .audit()
+        .iter()
+        .filter(|r| r["kind"] == "denied")
+        .map(|r| r["code"].clone())
+        .collect();
+    assert_eq!(codes, [json!("not_bound"), json!("approval_required")]);
+}
+
+/// Runs credential-process and returns (exit code, stderr, seconds taken); stdout must be empty.
+fn failing(d: &Daemon, profile: &str) -> (Option<i32>, String, f64) {
+    let t = Instant::now();
+    let out = d.mandate(&["credential-process", profile]);
+    let secs = t.elapsed().as_secs_f64();
+    assert!(out.stdout.is_empty(), "no credential on failure");
+    assert_eq!(
+        stderr(&out).lines().count(),
+        1,
+        "one line on stderr: {}",
+        stderr(&out)
+    );
+    (out.status.code(), stderr(&out), secs)
+}
+
+#[test]
+fn sts_faults_give_specific_errors_in_bounded_time_and_no_credential() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(tmp.path(), moto.port);
+    let d = Daemon::start(&config_text(&proxy.endpoint(), ""));
+    let bound = 60.0; // a generous ceiling: 3 attempts × 2 s timeout plus backoff
+
+    proxy.inject(json!({"status": 503, "code": "ServiceUnavailable", "count": 100}));
+    let before = proxy.assume_roles().len();
+    let (code, err, secs) = failing(&d, "readonly");
+    assert_eq!(code, Some(6));
+    assert_eq!(
+        err,
+        "mandate: STS is unavailable (ServiceUnavailable); retried and gave up\n"
+    );
+    assert!(secs < bound);
+    assert_eq!(
+        proxy.assume_roles().len() - before,
+        3,
+        "5xx is retried, a bounded number of times"
+    );
+
+    proxy.inject(json!({"status": 400, "code": "Throttling", "count": 100}));
+    let (code, err, _) = failing(&d, "readonly");
+    assert_eq!(code, Some(6));
+    assert_eq!(
+        err,
+        "mandate: STS is throttling requests; retried and gave up, try again shortly\n"
+    );
+
+    proxy.inject(json!({"status": 403, "code": "ExpiredToken", "count": 100}));
+    let before = proxy.assume_roles().len();
+    let (code, err, _) = failing(&d, "readonly");
+    assert_eq!(code, Some(6));
+    assert_eq!(
+        err,
+        "mandate: the broker's base AWS credentials have expired; renew them (e.g. `aws sso login`) and restart or retry\n"
+    );
+    assert_eq!(
+        proxy.assume_roles().len() - before,
+        1,
+        "an expired token is not retried"
+    );
+
+    proxy.inject(json!({"status": 403, "code": "AccessDenied", "count": 100}));
+    let (code, err, _) = failing(&d, "readonly");
+    assert_eq!(code, Some(6));
+    assert!(err.starts_with("mandate: STS refused AssumeRole on arn:aws:iam::123456789012:role/agent-role: the role's trust policy must allow"), "{err}");
+
+    proxy.inject(json!({"delay": 5, "count": 100}));
+    let (code, err, secs) = failing(&d, "readonly");
+    assert_eq!(code, Some(6));
+    assert_eq!(
+        err,
+        "mandate: STS did not answer in time; retried and gave up\n"
+    );
+    assert!(secs < bound);
+
+    // A transient fault that clears is absorbed by the retries.
+    proxy.inject(json!({"status": 500, "code": "InternalFailure", "count": 1}));
+    let out = d.mandate(&["credential-process", "readonly"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // STS (moto) gone entirely.
+    drop(proxy);
+    let (code, err, secs) = failing(&d, "s3-data");
+    assert_eq!(code, Some(6));
+    assert_eq!(
+        err,
+        "mandate: STS is unavailable (cannot connect to the STS endpoint); retried and gave up\n"
+    );
+    assert!(secs < bound);
+    let audit = d.audit();
+    assert!(
+        audit
+            .iter()
+            .all(|r| r["kind"] != "issued" || r["profile"] == "readonly")
+    );
+}
+
+#[test]
+fn the_daemon_not_running_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("broker.toml");
+    std::fs::write(&cfg, config_text("http://127.0.0.1:9", "")).unwrap();
+    let mut c = std::process::Command::new(MANDATE);
+    clean_env(&mut c);
+    let out = c
+        .arg("--config")
+        .arg(&cfg)
+        .args(["credential-process", "readonly"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "mandate: the mandate daemon is not running (no socket at {}); start it with `mandate serve`\n",
+            tmp.path().join("run/mandate.sock").display()
+        )
+    );
+}
+
+#[test]
+fn exec_env_and_status() {
+    let moto = Moto::start();
+    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let mut c = std::process::Command::new(MANDATE);
+    clean_env(&mut c);
+    let out = c
+        .env("AWS_PROFILE", "operator-admin")
+        .env("AWS_ACCESS_KEY_ID", "AKIAOPERATOR")
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "http://169.254.170.2/creds",
+        )
+        .env("SECRET_OF_THE_OPERATOR", "x")
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .arg("--config")
+        .arg(&d.config)
+        .args(["exec", "s3-data", "--", "env"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let env: std::collections::BTreeMap<String, String> = stdout(&out)
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    assert_eq!(env["AWS_CONFIG_FILE"], "/dev/null");
+    assert_eq!(env["AWS_SHARED_CREDENTIALS_FILE"], "/dev/null");
+    assert_eq!(env["AWS_EC2_METADATA_DISABLED"], "true");
+    assert_eq!(env["AWS_ENDPOINT_URL"], moto.endpoint());
+    assert!(
+        env["AWS_ACCESS_KEY_ID"].starts_with("ASIA") || env["AWS_ACCESS_KEY_ID"] != "AKIAOPERATOR"
+    );
+    for gone in [
+        "AWS_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "SECRET_OF_THE_OPERATOR",
+    ] {
+        assert!(!env.contains_key(gone), "{gone} leaked into the child");
+    }
+
+    // The child really is the scoped session: the AWS CLI inside exec.
+    let mut c = std::process::Command::new(MANDATE);
+    clean_env(&mut c);
+    let out = c
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .arg("--config")
+        .arg(&d.config)
+        .arg("exec")
+        .arg("readonly")
+        .arg("--")
+        .arg(venv("aws"))
+        .args([
+            "sts",
+            "get-caller-identity",
+            "--query",
+            "Arn",
+            "--output",
+            "text",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("assumed-role/agent-role/mandate-claude-"));
+
+    let out = d.mandate(&["env", "readonly"]);
+    let text = stdout(&out);
+    assert!(text.contains("export AWS_ACCESS_KEY_ID='") && text.contains("unset AWS_PROFILE"));
+
+    let out = d.mandate(&["status", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sessions = v["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{v}");
+    assert!(sessions.iter().all(|s| s["agent"] == "claude"));
+    let out = d.mandate(&["status"]);
+    assert!(
+        stdout(&out).contains("agent claude: 2 live session(s)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_changed_profile_is_reloaded_and_gets_a_fresh_session_and_shutdown_is_graceful() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let profiles = test_profiles(tmp.path());
+    let mut d = Daemon::start(&config_with_profiles(&moto.endpoint(), &profiles, ""));
+    let first = d.mandate(&["credential-process", "s3-data"]);
+    assert_eq!(first.status.code(), Some(0));
+    let text = std::fs::read_to_string(profiles.join("s3-data.toml")).unwrap();
+    std::fs::write(
+        profiles.join("s3-data.toml"),
+        text.replace("\"s3:GetObjectTagging\", ", ""),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = d.mandate(&["credential-process", "s3-data"]);
+        assert_eq!(out.status.code(), Some(0));
+        if moto.assumed_roles().len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the profile change was not picked up:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let policies: Vec<String> = moto
+        .assumed_roles()
+        .iter()
+        .map(|r| r["policy"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(policies[0].contains("GetObjectTagging") && !policies[1].contains("GetObjectTagging"));
+
+    // A broken edit keeps the last good config.
+    std::fs::write(profiles.join("s3-data.toml"), "broken = ").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        d.mandate(&["credential-process", "s3-data"]).status.code(),
+        Some(0)
+    );
+    assert!(
+        d.log()
+            .contains("reload failed; keeping the previous config"),
+        "{}",
+        d.log()
+    );
+
+    let status = d.stop().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!d.socket().exists(), "socket removed on shutdown");
+    assert_eq!(d.audit().last().unwrap()["kind"], "stopped");
+}
+
+#[test]
+fn serve_refuses_bad_config_before_binding_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("broker.toml");
+    std::fs::write(
+        &cfg,
+        config_text("http://127.0.0.1:9", "")
+            .replace("[roles.admin]", "[roles.admin]\nmax_sesion = \"1h\""),
+    )
+    .unwrap();
+    let mut c = std::process::Command::new(MANDATE);
+    clean_env(&mut c);
+    let out = c.arg("--config").arg(&cfg).arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out)
+            .contains("roles.admin: unknown key \"max_sesion\"; did you mean \"max_session\"?"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !tmp.path().join("run").exists(),
+        "nothing was bound or created"
+    );
+}
