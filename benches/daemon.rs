@@ -1,0 +1,162 @@
+//! Daemon benchmarks; prints a table. Run with `cargo bench --bench daemon` (needs the .venv
+//! that scripts/test creates: moto, boto3).
+//!
+//! * `mandate credential-process` on a warm cache, a new process per run (what the AWS CLI pays
+//!   before every command), beside `/bin/true` and beside a plain boto3 script that calls
+//!   AssumeRole itself;
+//! * warm requests per second over the socket, in-process clients;
+//! * the daemon's resident memory when idle.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use mandate::protocol::Request;
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn time_runs(n: usize, mut make: impl FnMut() -> Command) -> Vec<Duration> {
+    let mut v: Vec<Duration> = (0..n)
+        .map(|_| {
+            let mut c = make();
+            let t = Instant::now();
+            let out = c.output().unwrap();
+            let e = t.elapsed();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            e
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
+        })
+        .unwrap()
+}
+
+fn main() {
+    let moto = Moto::start();
+    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let cp = || {
+        let mut c = Command::new(MANDATE);
+        clean_env(&mut c);
+        c.arg("--config")
+            .arg(&d.config)
+            .args(["credential-process", "readonly"]);
+        c
+    };
+    time_runs(20, cp); // warm the cache and the page cache
+    let runs = 1000;
+    let truth = time_runs(runs, || Command::new("/bin/true"));
+    let mandate = time_runs(runs, cp);
+
+    let script = "import boto3, sys\n\
+        sts = boto3.client('sts', endpoint_url=sys.argv[1], aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\n\
+        sts.assume_role(RoleArn=sys.argv[2], RoleSessionName='bench')";
+    let boto = time_runs(50, || {
+        let mut c = python();
+        c.args(["-c", script, &moto.endpoint(), ROLE_ARN]);
+        c
+    });
+
+    println!("## credential_process, warm cache ({runs} runs each; boto3: 50 runs)\n");
+    println!("| command | median | p99 | max |");
+    println!("|---|---|---|---|");
+    for (name, v) in [
+        ("`/bin/true`", &truth),
+        ("`mandate credential-process readonly`", &mandate),
+        ("python + boto3 AssumeRole (moto)", &boto),
+    ] {
+        println!(
+            "| {name} | {} | {} | {} |",
+            ms(percentile(v, 0.5)),
+            ms(percentile(v, 0.99)),
+            ms(*v.last().unwrap())
+        );
+    }
+    let ratio = percentile(&mandate, 0.5).as_secs_f64() / percentile(&truth, 0.5).as_secs_f64();
+    println!("\nmedian ratio mandate / true: {ratio:.2}x\n");
+
+    println!("## warm requests over the socket (in-process clients, 3 s each)\n");
+    println!("| clients | requests/s | p99 latency |");
+    println!("|---|---|---|");
+    let socket = d.socket();
+    let req = Request::Credentials {
+        profile: "readonly".into(),
+        agent: None,
+        reason: None,
+        duration_seconds: None,
+    };
+    for clients in [1, 4, 16, 64] {
+        let count = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let (socket, req, count) = (socket.clone(), req.clone(), count.clone());
+                std::thread::spawn(move || {
+                    let mut lat = Vec::new();
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        let r =
+                            mandate::client::call(&socket, &req, Duration::from_secs(10)).unwrap();
+                        assert!(r.ok);
+                        lat.push(t.elapsed());
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut lat: Vec<Duration> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        lat.sort();
+        println!(
+            "| {clients} | {:.0} | {} |",
+            count.load(Ordering::Relaxed) as f64 / 3.0,
+            ms(percentile(&lat, 0.99))
+        );
+    }
+
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c).contains(d.config.to_str().unwrap())
+                        && String::from_utf8_lossy(&c).contains("serve")
+                })
+                .unwrap_or(false)
+        })
+        .expect("daemon pid");
+    println!(
+        "\n## daemon memory\n\nidle RSS after the runs above: {:.1} MB",
+        rss_kib(pid) as f64 / 1024.0
+    );
+}
