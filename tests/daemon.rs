@@ -620,3 +620,84 @@ fn serve_refuses_bad_config_before_binding_anything() {
         "nothing was bound or created"
     );
 }
+
+#[test]
+fn request_records_the_reason_and_shortens_the_session() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(tmp.path(), moto.port);
+    let d = Daemon::start(&config_text(&proxy.endpoint(), ""));
+    let out = d.mandate(&[
+        "request",
+        "s3-data",
+        "--reason",
+        "nightly export\n\u{1b}[31mred",
+        "--duration",
+        "15m",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["profile"], "s3-data");
+    assert_eq!(v["agent"], "claude");
+    assert_eq!(v["cached"], false);
+    let request_id = v["request_id"].as_str().unwrap();
+    assert_eq!(proxy.assume_roles()[0]["DurationSeconds"], "900");
+    assert_eq!(proxy.assume_roles()[0]["Tags.member.3.Value"], request_id);
+    let audit = d.audit();
+    let issued = audit.iter().find(|r| r["kind"] == "issued").unwrap();
+    assert_eq!(issued["reason"], "nightly export\n\u{1b}[31mred");
+    assert_eq!(issued["request_id"], request_id);
+    assert_eq!(issued["access_key_id"], v["AccessKeyId"]);
+    let raw = std::fs::read_to_string(d.dir.path().join("state/audit/audit.jsonl")).unwrap();
+    assert!(
+        !raw.contains('\u{1b}'),
+        "control characters never reach the log raw"
+    );
+
+    let out = d.mandate(&["request", "s3-data", "--duration", "2h"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(
+        stderr(&out),
+        "mandate: duration 7200 s is outside 900..=3600 s allowed for s3-data\n"
+    );
+    let out = d.mandate(&["request", "s3-data", "--duration", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn init_writes_a_config_that_serve_accepts() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("conf/broker.toml");
+    let mut c = std::process::Command::new(MANDATE);
+    clean_env(&mut c);
+    let out = c
+        .arg("--config")
+        .arg(&cfg)
+        .args(["init", "--profiles"])
+        .arg(root().join("profiles"))
+        .args(["--role-arn", ROLE_ARN, "--agent", "dev"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("[profile mandate-s3-data]") && text.contains("credential-process s3-data"),
+        "{text}"
+    );
+    let mode = std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // Refuses to overwrite.
+    let mut c = std::process::Command::new(MANDATE);
+    clean_env(&mut c);
+    let again = c.arg("--config").arg(&cfg).args(["init"]).output().unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    // The written config is valid: point it at moto and serve it.
+    let written = std::fs::read_to_string(&cfg).unwrap().replace(
+        "# endpoint_url = \"http://127.0.0.1:5055\"",
+        &format!("endpoint_url = \"{}\"", moto.endpoint()),
+    );
+    let d = Daemon::start(&written);
+    let out = d.mandate(&["credential-process", "readonly"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
