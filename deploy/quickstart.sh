@@ -73,6 +73,9 @@ profiles = ["readonly", "s3-data"]
 uids = [$(id -u)]
 TOML
 
+say "preparing the broker's state: audit directory and checkpoint signing key (mandate init)"
+"$mandate" --config "$work/broker.toml" init
+
 say "starting mandate serve"
 "$mandate" --config "$work/broker.toml" serve 2>"$work/mandate.log" &
 pids+=($!)
@@ -102,13 +105,8 @@ for r in roles:
 say "a profile the agent is not bound to is refused (and audited)"
 "$mandate" --config "$work/broker.toml" credential-process deploy-staging || echo "(exit code $?)"
 
-say "the audit log ($work/state/audit/audit.jsonl)"
-.venv/bin/python - "$work/state/audit/audit.jsonl" <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    fields = ["seq", "kind", "agent", "profile", "session_name", "access_key_id", "code"]
-    print("  ".join(f"{k}={r[k]}" for k in fields if k in r))
-PY
+say "the audit log: mandate audit tail, then mandate audit verify"
+"$mandate" --config "$work/broker.toml" audit tail
+"$mandate" --config "$work/broker.toml" audit verify
 
 say "done; stopping moto and mandate"

@@ -126,9 +126,20 @@ pub struct Config {
     pub roles: BTreeMap<String, Role>,
     pub agents: BTreeMap<String, Agent>,
     pub approvers: BTreeMap<String, Approver>,
+    pub audit: crate::audit::Options,
 }
 
 impl Config {
+    /// Where the audit log lives.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.state_dir.join("audit")
+    }
+
+    /// The checkpoint signing key (created by `mandate init`).
+    pub fn signing_key(&self) -> PathBuf {
+        self.state_dir.join("signing.key")
+    }
+
     /// The agent a peer uid may speak for. With `requested`, the uid must be one of that agent's;
     /// without, it must belong to exactly one agent.
     pub fn agent_for_uid(&self, uid: u32, requested: Option<&str>) -> Result<&Agent, String> {
@@ -158,7 +169,13 @@ pub struct Loaded {
     pub profiles: BTreeMap<String, CompiledProfile>,
 }
 
-const TOP: [&str; 5] = ["broker", "roles", "agents", "approvers", "http"];
+const TOP: [&str; 6] = ["broker", "audit", "roles", "agents", "approvers", "http"];
+const AUDIT_KEYS: [&str; 4] = [
+    "rotate_bytes",
+    "checkpoint_every",
+    "checkpoint_interval",
+    "checkpoint_command",
+];
 const BROKER_KEYS: [&str; 9] = [
     "state_dir",
     "socket",
@@ -170,7 +187,7 @@ const BROKER_KEYS: [&str; 9] = [
     "min_remaining",
     "sts_timeout",
 ];
-const TABLES: &str = "[broker], [roles.NAME], [agents.NAME] or [approvers.NAME]";
+const TABLES: &str = "[broker], [audit], [roles.NAME], [agents.NAME] or [approvers.NAME]";
 
 /// Reads and parses only the config file (what clients need: the socket path), without the
 /// profiles.
@@ -374,6 +391,7 @@ impl ConfigParser<'_> {
         let mut roles = BTreeMap::new();
         let mut agents = BTreeMap::new();
         let mut approvers = BTreeMap::new();
+        let mut audit = crate::audit::Options::default();
         let mut ok = true;
 
         for (key, value) in table.iter() {
@@ -463,6 +481,53 @@ impl ConfigParser<'_> {
                                 ok = false;
                             }
                         }
+                    }
+                }
+                "audit" => {
+                    let Some(t) = self.table(value, "audit") else {
+                        ok = false;
+                        continue;
+                    };
+                    for (k, v) in t.iter() {
+                        let name = k.get_ref().as_ref();
+                        let path = format!("audit.{name}");
+                        let int = |w: &mut Walker<'_>, min: u64, max: u64| -> Option<u64> {
+                            match v
+                                .get_ref()
+                                .as_integer()
+                                .and_then(|i| i.as_str().parse::<u64>().ok())
+                            {
+                                Some(n) if (min..=max).contains(&n) => Some(n),
+                                _ => {
+                                    w.err(
+                                        v.span(),
+                                        &path,
+                                        format!("expected an integer from {min} to {max}"),
+                                    );
+                                    None
+                                }
+                            }
+                        };
+                        let parsed = match name {
+                            "rotate_bytes" => {
+                                int(&mut self.w, 4096, 1 << 40).map(|n| audit.rotate_bytes = n)
+                            }
+                            "checkpoint_every" => {
+                                int(&mut self.w, 1, 1_000_000).map(|n| audit.checkpoint_every = n)
+                            }
+                            "checkpoint_interval" => self
+                                .duration(v, &path, 1, 86_400)
+                                .map(|d| audit.checkpoint_interval = d),
+                            "checkpoint_command" => self
+                                .w
+                                .list(v, &path, false, |s| Ok::<_, String>(s.to_owned()))
+                                .map(|argv| audit.checkpoint_command = Some(argv)),
+                            _ => {
+                                self.unknown(k, "audit", &AUDIT_KEYS);
+                                None
+                            }
+                        };
+                        ok &= parsed.is_some();
                     }
                 }
                 "roles" => {
@@ -585,6 +650,7 @@ impl ConfigParser<'_> {
             roles,
             agents: agents.into_iter().map(|(k, (a, _))| (k, a)).collect(),
             approvers,
+            audit,
         })
     }
 

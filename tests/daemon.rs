@@ -200,7 +200,8 @@ fn three_clients_get_the_profiles_scoped_session_and_sts_receives_exactly_the_co
     let issued: Vec<&Value> = audit.iter().filter(|r| r["kind"] == "issued").collect();
     assert_eq!(issued.len(), 2);
     assert_eq!(issued[0]["session_name"], session);
-    let text = std::fs::read_to_string(d.dir.path().join("state/audit/audit.jsonl")).unwrap();
+    let text =
+        std::fs::read_to_string(d.dir.path().join("state/audit/audit-000001.jsonl")).unwrap();
     let cp = d.mandate(&["credential-process", "s3-data"]);
     let cp: Value = serde_json::from_slice(&cp.stdout).unwrap();
     assert!(!text.contains(cp["SecretAccessKey"].as_str().unwrap()));
@@ -648,7 +649,7 @@ fn request_records_the_reason_and_shortens_the_session() {
     assert_eq!(issued["reason"], "nightly export\n\u{1b}[31mred");
     assert_eq!(issued["request_id"], request_id);
     assert_eq!(issued["access_key_id"], v["AccessKeyId"]);
-    let raw = std::fs::read_to_string(d.dir.path().join("state/audit/audit.jsonl")).unwrap();
+    let raw = std::fs::read_to_string(d.dir.path().join("state/audit/audit-000001.jsonl")).unwrap();
     assert!(
         !raw.contains('\u{1b}'),
         "control characters never reach the log raw"
@@ -687,11 +688,20 @@ fn init_writes_a_config_that_serve_accepts() {
     );
     let mode = std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    // Refuses to overwrite.
+    assert!(tmp.path().join("conf/state/signing.key").exists());
+    assert!(
+        text.contains("created the checkpoint signing key"),
+        "{text}"
+    );
+    // Run again: keeps the config, reuses the key.
+    let before = std::fs::read(&cfg).unwrap();
     let mut c = std::process::Command::new(MANDATE);
     clean_env(&mut c);
     let again = c.arg("--config").arg(&cfg).args(["init"]).output().unwrap();
-    assert_eq!(again.status.code(), Some(2));
+    assert_eq!(again.status.code(), Some(0));
+    assert!(stdout(&again).contains("exists (kept; --force rewrites it)"));
+    assert!(stdout(&again).contains("uses the checkpoint signing key"));
+    assert_eq!(std::fs::read(&cfg).unwrap(), before);
     // The written config is valid: point it at moto and serve it.
     let written = std::fs::read_to_string(&cfg).unwrap().replace(
         "# endpoint_url = \"http://127.0.0.1:5055\"",

@@ -210,12 +210,13 @@ fn audit_dir() -> (tempfile::TempDir, AuditLog) {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let log = AuditLog::open(dir.path()).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+    let (log, _) = AuditLog::open(dir.path(), key, crate::audit::Options::default()).unwrap();
     (dir, log)
 }
 
 fn records(dir: &tempfile::TempDir) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.path().join("audit.jsonl"))
+    std::fs::read_to_string(dir.path().join(crate::audit::segment_name(1)))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -270,7 +271,7 @@ async fn concurrent_cold_requests_mint_once_and_everything_is_audited() {
         (count("request"), count("issued"), count("delivered")),
         (1, 1, 199)
     );
-    let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let text = std::fs::read_to_string(dir.path().join(crate::audit::segment_name(1))).unwrap();
     assert!(
         !text.contains("secret-0") && !text.contains("token-0"),
         "no secret in the audit log"

@@ -39,11 +39,23 @@ pub fn run(a: InitArgs) -> Exit {
     };
     let target = absolute(&target);
     if target.exists() && !a.force {
-        eprintln!(
-            "error: {} exists; pass --force to overwrite it",
-            target.display()
-        );
-        return Exit::Usage;
+        // An existing config is kept; only the state it needs is prepared.
+        return match mandate::config::read(&target) {
+            Ok(c) => match prepare_state(&c) {
+                Ok(msg) => print_bytes(
+                    format!(
+                        "{} exists (kept; --force rewrites it)\n{msg}",
+                        target.display()
+                    )
+                    .as_bytes(),
+                ),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Exit::Unavailable
+                }
+            },
+            Err(e) => super::config_error(&e),
+        };
     }
     if let Err(m) = profile::check_slug("agent name", &a.agent) {
         eprintln!("error: --agent: {m}");
@@ -124,11 +136,21 @@ pub fn run(a: InitArgs) -> Exit {
         eprintln!("error: cannot write {}: {e}", target.display());
         return Exit::Internal;
     }
+    let state_msg = match mandate::config::read(&target) {
+        Ok(c) => match prepare_state(&c) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Unavailable;
+            }
+        },
+        Err(e) => return super::config_error(&e),
+    };
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "mandate".into());
     let mut out = format!(
-        "wrote {}\n\nAdd to ~/.aws/config (one AWS profile per mandate profile):\n",
+        "wrote {}\n{state_msg}\nAdd to ~/.aws/config (one AWS profile per mandate profile):\n",
         target.display()
     );
     for n in &names {
@@ -143,4 +165,39 @@ pub fn run(a: InitArgs) -> Exit {
         target.display()
     ));
     print_bytes(out.as_bytes())
+}
+
+/// Creates the state directory and the audit directory (0700) and the checkpoint signing key
+/// (0600, with its public half beside it) if they are missing.
+fn prepare_state(c: &mandate::config::Config) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [&c.state_dir, &c.audit_dir()] {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
+        }
+    }
+    mandate::audit::check_dir(&c.audit_dir()).map_err(|e| e.to_string())?;
+    let key = c.signing_key();
+    let (verb, public) = if key.exists() {
+        (
+            "uses",
+            mandate::audit::checkpoint::load_key(&key)?.verifying_key(),
+        )
+    } else {
+        ("created", mandate::audit::checkpoint::create_key(&key)?)
+    };
+    Ok(format!(
+        "state in {} (audit log in {}); {verb} the checkpoint signing key {} (fingerprint {}); keep a copy of {} elsewhere to verify the log with `mandate audit verify --key`\n",
+        c.state_dir.display(),
+        c.audit_dir().display(),
+        key.display(),
+        mandate::audit::checkpoint::fingerprint(&public),
+        key.with_extension("pub").display()
+    ))
 }

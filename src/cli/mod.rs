@@ -12,6 +12,7 @@
 //! | 5 | refused: the broker denied the request (unknown caller, profile not bound, approval needed) |
 //! | 6 | unavailable: the daemon is not running, or it cannot reach AWS or write its audit log |
 
+mod audit;
 mod creds;
 mod init;
 mod profiles;
@@ -128,7 +129,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a starter broker.toml and print the ~/.aws/config snippet for each profile
+    /// Write a starter broker.toml, prepare the state directory and the audit signing key, and
+    /// print the ~/.aws/config snippet for each profile (an existing config is kept)
     Init {
         /// Directory of the profiles to offer
         #[arg(long, value_name = "DIR", default_value = "profiles")]
@@ -150,6 +152,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Verify, tail and show the audit log
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// Check, show and explain capability profiles
     #[command(subcommand)]
     Profiles(profiles::ProfilesCmd),
@@ -216,6 +221,7 @@ pub fn main() -> ExitCode {
             region,
             force,
         }),
+        Command::Audit(cmd) => audit::run(config, cmd),
         Command::Profiles(cmd) => profiles::run(cmd),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -1,6 +1,6 @@
 //! `mandate serve`: validate everything, then bind, then serve until SIGINT/SIGTERM.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -50,29 +50,6 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-fn private_dir(dir: &Path) -> Result<(), String> {
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
-    }
-    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if !meta.is_dir() {
-        return Err(format!("{} is not a directory", dir.display()));
-    }
-    if meta.permissions().mode() & 0o022 != 0 {
-        return Err(format!(
-            "{} is writable by group or others; chmod 700 it",
-            dir.display()
-        ));
-    }
-    Ok(())
-}
-
 /// Shared-uid warning of design invariant 7.
 fn warn_shared_uids(c: &Config) {
     for agent in c.agents.values() {
@@ -89,22 +66,37 @@ fn warn_shared_uids(c: &Config) {
 
 async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
     let c = loaded.config.clone();
+    // No audit, no credentials: the log must be usable before anything is bound.
+    let key = match mandate::audit::checkpoint::load_key(&c.signing_key()) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}; refusing to start without the audit signing key");
+            return Exit::Unavailable;
+        }
+    };
+    let (audit, recovery) = match AuditLog::open(&c.audit_dir(), key, c.audit.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}; refusing to start without an audit log");
+            return Exit::Unavailable;
+        }
+    };
+    if let Some(r) = recovery {
+        let mut rec = Record::new(Kind::Recovered);
+        rec.message = Some(format!(
+            "trimmed a torn final record ({} bytes) from {} after seq {}",
+            r.trimmed_bytes, r.segment, r.last_seq
+        ));
+        tracing::warn!(segment = %r.segment, bytes = r.trimmed_bytes, "recovered the audit log after a crash");
+        if let Err(e) = audit.append_durable(rec).await {
+            eprintln!("error: {e}");
+            return Exit::Unavailable;
+        }
+    }
     let issuer = match SdkIssuer::new(&c.region, c.endpoint_url.as_deref(), c.sts_timeout).await {
         Ok(i) => i,
         Err(e) => {
             eprintln!("error: {e}");
-            return Exit::Unavailable;
-        }
-    };
-    let audit_dir = c.state_dir.join("audit");
-    if let Err(e) = private_dir(&c.state_dir).and_then(|()| private_dir(&audit_dir)) {
-        eprintln!("error: state directory: {e}");
-        return Exit::Unavailable;
-    }
-    let audit = match AuditLog::open(&audit_dir) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}; refusing to start without an audit log");
             return Exit::Unavailable;
         }
     };
@@ -142,6 +134,7 @@ async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
     reloader.abort();
     let _ = std::fs::remove_file(&c.socket);
     let _ = audit.append_durable(Record::new(Kind::Stopped)).await;
+    let _ = audit.checkpoint_now().await;
     tracing::info!("mandate stopped");
     Exit::Ok
 }

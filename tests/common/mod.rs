@@ -261,11 +261,38 @@ impl Daemon {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_wrapped(config, env, None)
+    }
+
+    /// Starts the daemon, optionally through a wrapper shell snippet run by `bash -c` that ends
+    /// in `exec "$@"` (to set resource limits, say).
+    pub fn start_wrapped(config: &str, env: &[(&str, &str)], wrapper: Option<&str>) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broker.toml");
         std::fs::write(&path, config).unwrap();
         let stderr = dir.path().join("daemon.log");
-        let mut cmd = Command::new(MANDATE);
+        // `mandate init` prepares the state directory, audit directory and signing key.
+        let mut init = Command::new(MANDATE);
+        clean_env(&mut init);
+        let out = init
+            .arg("--config")
+            .arg(&path)
+            .arg("init")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mandate init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = Command::new("bash");
+                c.args(["-c", w, "wrapper", MANDATE]);
+                c
+            }
+            None => Command::new(MANDATE),
+        };
         clean_env(&mut cmd);
         cmd.envs(env.iter().copied());
         let child = cmd
@@ -297,6 +324,55 @@ impl Daemon {
         d
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|g| g.0.id())
+    }
+
+    /// SIGKILL, no shutdown.
+    pub fn kill9(&mut self) {
+        if let Some(mut g) = self.child.take() {
+            let _ = g.0.kill();
+            let _ = g.0.wait();
+        }
+    }
+
+    /// Starts a new daemon process on the same directory and config (after a crash, say).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the daemon first");
+        let _ = std::fs::remove_file(self.socket());
+        let mut cmd = Command::new(MANDATE);
+        clean_env(&mut cmd);
+        cmd.envs([
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ]);
+        let child = cmd
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&self.stderr)
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        self.child = Some(Guard(child));
+        let start = Instant::now();
+        while !self.socket().exists() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.0.try_wait()) {
+                panic!("mandate serve exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon did not restart:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -317,11 +393,21 @@ impl Daemon {
     }
 
     pub fn audit(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.path().join("state/audit/audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        let mut out = Vec::new();
+        for n in 1.. {
+            let p = self
+                .dir
+                .path()
+                .join(format!("state/audit/audit-{n:06}.jsonl"));
+            let Ok(text) = std::fs::read_to_string(p) else {
+                break;
+            };
+            out.extend(
+                text.lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+            );
+        }
+        out
     }
 
     /// An AWS config file whose profile `agent` uses credential_process for `profile`.

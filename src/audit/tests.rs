@@ -1,0 +1,281 @@
+use std::os::unix::fs::PermissionsExt;
+
+use super::verify::{self, Report};
+use super::*;
+
+fn key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+}
+
+fn private_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+fn opts(every: u64, rotate: u64) -> Options {
+    Options {
+        rotate_bytes: rotate,
+        checkpoint_every: every,
+        ..Options::default()
+    }
+}
+
+/// Reads a log directory and verifies it the way `mandate audit verify` does.
+pub(crate) fn verify_dir(dir: &Path, key: &ed25519_dalek::VerifyingKey) -> Report {
+    let segs: Vec<(String, Vec<u8>)> = segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(n, p)| (segment_name(n), std::fs::read(p).unwrap()))
+        .collect();
+    let cp = std::fs::read(dir.join(checkpoint::CHECKPOINT_FILE)).unwrap_or_default();
+    let (cps, bad) = checkpoint::read(&cp, key);
+    verify::verify(&segs, &cps, bad)
+}
+
+async fn write_n(log: &AuditLog, n: usize) {
+    for i in 0..n {
+        let mut r = Record::new(Kind::Issued);
+        r.access_key_id = Some(format!("ASIA{i:016}"));
+        log.append_durable(r).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn records_are_chained_one_per_line_and_resume_after_reopen() {
+    let dir = private_dir();
+    let (log, rec) = AuditLog::open(dir.path(), key(), Options::default()).unwrap();
+    assert!(rec.is_none());
+    let mut r = Record::new(Kind::Request);
+    r.reason = Some("line\nbreak \u{1b}[31m".into());
+    assert_eq!(log.append_durable(r).await.unwrap(), 1);
+    assert_eq!(
+        log.append_durable(Record::new(Kind::Issued)).await.unwrap(),
+        2
+    );
+    drop(log);
+    std::thread::sleep(Duration::from_millis(50));
+    let (log, _) = AuditLog::open(dir.path(), key(), Options::default()).unwrap();
+    assert_eq!(
+        log.append_durable(Record::new(Kind::Delivered))
+            .await
+            .unwrap(),
+        3
+    );
+    let text = std::fs::read_to_string(dir.path().join(segment_name(1))).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["prev"], verify::GENESIS);
+    assert_eq!(lines[1]["prev"], lines[0]["hash"]);
+    assert_eq!(lines[2]["prev"], lines[1]["hash"]);
+    assert_eq!(lines[0]["v"], 1);
+    assert_eq!(lines[0]["reason"], "line\nbreak \u{1b}[31m");
+    assert!(!text.contains('\u{1b}'), "control characters are escaped");
+    let mode = std::fs::metadata(dir.path().join(segment_name(1)))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let report = verify_dir(dir.path(), &key().verifying_key());
+    assert!(report.intact(), "{report:?}");
+    assert_eq!(report.last_seq, 3);
+}
+
+#[test]
+fn refuses_missing_shared_or_symlinked_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let e = AuditLog::open(&missing, key(), Options::default())
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("create it with `mandate init`"),
+        "{e}"
+    );
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o770)).unwrap();
+    let e = AuditLog::open(dir.path(), key(), Options::default())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("mode 770 lets others in"), "{e}");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    let e = AuditLog::open(&link, key(), Options::default())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("symlinks are refused"), "{e}");
+}
+
+#[tokio::test]
+async fn checkpoints_and_rotation_keep_one_verifiable_chain() {
+    let dir = private_dir();
+    let (log, _) = AuditLog::open(dir.path(), key(), opts(10, 4096)).unwrap();
+    write_n(&log, 95).await;
+    log.checkpoint_now().await.unwrap();
+    drop(log);
+    let segs = segments(dir.path()).unwrap();
+    assert!(segs.len() > 3, "rotated into {} segments", segs.len());
+    let report = verify_dir(dir.path(), &key().verifying_key());
+    assert!(report.intact(), "{report:?}");
+    assert_eq!(report.last_seq, 95);
+    assert!(report.checkpoints >= 9);
+    assert_eq!(report.uncovered, 0);
+    // A reopened log continues the chain in the last segment.
+    let (log, _) = AuditLog::open(dir.path(), key(), opts(10, 4096)).unwrap();
+    assert_eq!(
+        log.append_durable(Record::new(Kind::Started))
+            .await
+            .unwrap(),
+        96
+    );
+    let report = verify_dir(dir.path(), &key().verifying_key());
+    assert!(report.intact(), "{report:?}");
+    assert_eq!(report.uncovered, 1);
+}
+
+#[tokio::test]
+async fn a_torn_final_line_is_trimmed_and_recorded() {
+    let dir = private_dir();
+    let (log, _) = AuditLog::open(dir.path(), key(), Options::default()).unwrap();
+    write_n(&log, 5).await;
+    log.checkpoint_now().await.unwrap(); // nothing left for the writer to sign on its way out
+    drop(log);
+    let seg = dir.path().join(segment_name(1));
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(br#"{"kind":"issued","seq":6,"prev":"ab"#)
+        .unwrap();
+    drop(f);
+    assert!(!verify_dir(dir.path(), &key().verifying_key()).intact());
+    let (log, rec) = AuditLog::open(dir.path(), key(), Options::default()).unwrap();
+    let rec = rec.unwrap();
+    assert_eq!((rec.last_seq, rec.trimmed_bytes), (5, 35));
+    log.append_durable(Record::new(Kind::Recovered))
+        .await
+        .unwrap();
+    assert!(verify_dir(dir.path(), &key().verifying_key()).intact());
+}
+
+#[tokio::test]
+async fn damage_before_the_tail_is_fatal_and_names_the_seq() {
+    let dir = private_dir();
+    let (log, _) = AuditLog::open(dir.path(), key(), Options::default()).unwrap();
+    write_n(&log, 5).await;
+    drop(log); // no checkpoint yet: start-up checks the whole (short) log
+    let seg = dir.path().join(segment_name(1));
+    let text = std::fs::read_to_string(&seg).unwrap();
+    std::fs::write(
+        &seg,
+        text.replacen("ASIA0000000000000002", "ASIA0000000000000009", 1),
+    )
+    .unwrap();
+    let e = AuditLog::open(dir.path(), key(), Options::default())
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.to_string(),
+        "the audit log is damaged at seq 3 (audit-000001.jsonl): the record does not match its hash (it was edited); run `mandate audit verify` and restore it before starting"
+    );
+}
+
+#[tokio::test]
+async fn runtime_write_failures_stop_everything_and_are_not_retried() {
+    let dir = private_dir();
+    let (log, _) = AuditLog::open(dir.path(), key(), Options::default()).unwrap();
+    write_n(&log, 1).await;
+    log.failed_for_test();
+    let e = log
+        .append_durable(Record::new(Kind::Issued))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().starts_with("audit unavailable"), "{e}");
+    assert!(log.append(Record::new(Kind::Delivered)).is_err());
+}
+
+/// The tamper corpus: every kind of edit is detected, naming the first bad seq.
+#[tokio::test]
+async fn tamper_corpus_is_detected_naming_the_seq() {
+    let dir = private_dir();
+    let (log, _) = AuditLog::open(dir.path(), key(), opts(5, u64::MAX)).unwrap();
+    write_n(&log, 12).await;
+    drop(log);
+    std::thread::sleep(Duration::from_millis(100));
+    let seg = dir.path().join(segment_name(1));
+    let original = std::fs::read_to_string(&seg).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    let join = |v: Vec<&str>| v.join("\n") + "\n";
+    let mut other_key_log = String::new();
+    {
+        // Re-hash the whole log consistently (as someone without the signing key would).
+        let mut prev = verify::GENESIS.to_owned();
+        for (i, l) in lines.iter().enumerate() {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if i == 3 {
+                v["access_key_id"] = "ASIAFORGED".into();
+            }
+            v["prev"] = prev.clone().into();
+            let h = verify::record_hash(&v);
+            v["hash"] = h.clone().into();
+            other_key_log.push_str(&verify::canonical(&v));
+            other_key_log.push('\n');
+            prev = h;
+        }
+    }
+    let cases: Vec<(&str, String, u64)> = vec![
+        (
+            "edit a field",
+            original.replacen("ASIA0000000000000006", "ASIA0000000000000007", 1),
+            7,
+        ),
+        (
+            "delete a line",
+            join([&lines[..4], &lines[5..]].concat()),
+            5,
+        ),
+        (
+            "swap two lines",
+            {
+                let mut v = lines.clone();
+                v.swap(7, 8);
+                join(v)
+            },
+            8,
+        ),
+        (
+            "duplicate a line",
+            {
+                let mut v = lines.clone();
+                v.insert(9, lines[9]);
+                join(v)
+            },
+            11,
+        ),
+        (
+            "truncate in the middle",
+            original[..original.len() / 2].to_owned(),
+            7,
+        ),
+        (
+            "remove the tail under a checkpoint",
+            join(lines[..8].to_vec()),
+            9,
+        ),
+        ("re-hash the whole log after a checkpoint", other_key_log, 5),
+    ];
+    let vk = key().verifying_key();
+    for (what, text, seq) in cases {
+        std::fs::write(&seg, &text).unwrap();
+        let r = verify_dir(dir.path(), &vk);
+        assert_eq!(r.first_bad_seq, Some(seq), "{what}: {r:?}");
+        assert!(r.problem.is_some(), "{what}");
+    }
+    // Checkpoints signed with another key are refused outright.
+    std::fs::write(&seg, &original).unwrap();
+    assert!(verify_dir(dir.path(), &vk).intact());
+    let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let r = verify_dir(dir.path(), &other.verifying_key());
+    assert!(r.problem.unwrap().contains("signature does not verify"));
+}

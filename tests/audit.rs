@@ -1,0 +1,342 @@
+//! The audit log end to end: `mandate audit verify|tail|show`, tampering, crash recovery under
+//! kill -9, and failing closed when the log cannot be written.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn with_audit(endpoint: &str, audit: &str) -> String {
+    format!("{}\n[audit]\n{audit}\n", config_text(endpoint, ""))
+}
+
+#[test]
+fn verify_tail_show_and_tampering_through_the_cli() {
+    let moto = Moto::start();
+    let mut d = Daemon::start(&with_audit(&moto.endpoint(), "checkpoint_every = 3"));
+    for p in ["readonly", "s3-data", "readonly", "deploy-staging"] {
+        d.mandate(&["credential-process", p]);
+    }
+    // While running: started, 2 × (request, issued), delivered, denied; checkpoints at 3 and 6.
+    let v: Value =
+        serde_json::from_slice(&d.mandate(&["audit", "verify", "--json"]).stdout).unwrap();
+    assert_eq!(
+        (
+            v["intact"].as_bool(),
+            v["last_seq"].as_u64(),
+            v["uncovered"].as_u64()
+        ),
+        (Some(true), Some(7), Some(1)),
+        "{v}"
+    );
+    // A graceful stop writes `stopped` and signs everything.
+    d.stop();
+    let out = d.mandate(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(
+            "audit log intact: 8 record(s), seq 1..8, in 1 segment(s); 3 signed checkpoint(s)"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).ends_with(
+            "; 0 record(s) after the last checkpoint are not yet covered by a signature\n"
+        )
+    );
+
+    let out = d.mandate(&["audit", "tail", "--kind", "issued", "--json"]);
+    let lines: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines
+            .iter()
+            .all(|r| r["kind"] == "issued"
+                && r["access_key_id"].as_str().unwrap().starts_with("ASIA"))
+    );
+    let out = d.mandate(&["audit", "tail", "-n", "1"]);
+    assert!(stdout(&out).contains("stopped"), "{}", stdout(&out));
+    let out = d.mandate(&["audit", "show", "2"]);
+    let rec: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (rec["seq"].as_u64(), rec["kind"].as_str()),
+        (Some(2), Some("request"))
+    );
+    assert_eq!(d.mandate(&["audit", "show", "99"]).status.code(), Some(4));
+    assert_eq!(
+        d.mandate(&["audit", "tail", "--kind", "nonsense"])
+            .status
+            .code(),
+        Some(2)
+    );
+
+    // Tamper: the daemon would not start, and verify names the record.
+    let seg = d.dir.path().join("state/audit/audit-000001.jsonl");
+    let text = std::fs::read_to_string(&seg).unwrap();
+    std::fs::write(
+        &seg,
+        text.replacen("\"profile\":\"s3-data\"", "\"profile\":\"readonly\"", 1),
+    )
+    .unwrap();
+    let out = d.mandate(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        stderr(&out),
+        "audit log DAMAGED: seq 4 (audit-000001.jsonl line 4): the record does not match its hash (it was edited)\n"
+    );
+    let mut c = Command::new(MANDATE);
+    clean_env(&mut c);
+    let out = c
+        .arg("--config")
+        .arg(&d.config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    assert!(
+        stderr(&out).contains(
+        "the audit log is damaged at seq 8 (audit-000001.jsonl): the record at the last signed checkpoint is not where the checkpoint says; the log before it was changed; run `mandate audit verify`"
+    ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!d.socket().exists(), "nothing was bound");
+}
+
+#[test]
+fn the_daemon_refuses_to_start_without_a_private_audit_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("broker.toml");
+    std::fs::write(&cfg, config_text("http://127.0.0.1:9", "")).unwrap();
+    let serve = || {
+        let mut c = Command::new(MANDATE);
+        clean_env(&mut c);
+        c.env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing");
+        c.arg("--config").arg(&cfg).arg("serve").output().unwrap()
+    };
+    let out = serve();
+    assert_eq!(out.status.code(), Some(6));
+    assert!(
+        stderr(&out).contains("signing key") && stderr(&out).contains("run `mandate init`"),
+        "{}",
+        stderr(&out)
+    );
+    let mut c = Command::new(MANDATE);
+    clean_env(&mut c);
+    assert!(
+        c.arg("--config")
+            .arg(&cfg)
+            .arg("init")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let audit = tmp.path().join("state/audit");
+    std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = serve();
+    assert_eq!(out.status.code(), Some(6));
+    assert!(
+        stderr(&out).contains("mode 755 lets others in; chmod 700 it"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir(&audit).unwrap();
+    let out = serve();
+    assert_eq!(out.status.code(), Some(6));
+    assert!(
+        stderr(&out).contains("create it with `mandate init`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !tmp.path().join("run/mandate.sock").exists(),
+        "nothing was bound"
+    );
+}
+
+/// A small deterministic PRNG (xorshift) so rounds vary without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn kill_9_during_concurrent_issuance_never_loses_an_issued_record() {
+    let moto = Moto::start();
+    let mut d = Daemon::start(&with_audit(&moto.endpoint(), "checkpoint_every = 25"));
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let mut received: Vec<String> = Vec::new();
+    let rounds = 100;
+    for round in 0..rounds {
+        let clients: Vec<_> = (0..4)
+            .map(|i| {
+                let config = d.config.clone();
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let until = Instant::now() + Duration::from_millis(400);
+                    while Instant::now() < until {
+                        let mut c = Command::new(MANDATE);
+                        clean_env(&mut c);
+                        // A custom duration bypasses the cache: every call mints a session.
+                        let dur = format!("{}m", 15 + (i % 3));
+                        let out = c
+                            .arg("--config")
+                            .arg(&config)
+                            .args(["request", "s3-data", "--duration", &dur])
+                            .output()
+                            .unwrap();
+                        match out.status.code() {
+                            Some(0) => {
+                                let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                                got.push(v["AccessKeyId"].as_str().unwrap().to_owned());
+                            }
+                            _ => break, // the daemon is gone
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(10 + rng.next() % 120));
+        d.kill9();
+        for c in clients {
+            received.extend(c.join().unwrap());
+        }
+        d.restart();
+        let out = d.mandate(&["audit", "verify"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "round {round}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+    d.stop();
+    assert!(
+        received.len() > rounds,
+        "clients received {} credentials",
+        received.len()
+    );
+    let mut issued: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for r in d.audit() {
+        if r["kind"] == "issued" {
+            *issued
+                .entry(r["access_key_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    for key in &received {
+        assert_eq!(
+            issued.get(key),
+            Some(&1),
+            "{key} was handed out but has {:?} issued records",
+            issued.get(key)
+        );
+    }
+    let starts = d.audit().iter().filter(|r| r["kind"] == "started").count();
+    assert_eq!(starts, rounds + 1);
+}
+
+#[test]
+fn a_full_audit_log_at_runtime_stops_issuance_before_sts() {
+    let moto = Moto::start();
+    // 8 KiB file size limit for the daemon; SIGXFSZ ignored so writes fail with EFBIG instead.
+    let mut d = Daemon::start_wrapped(
+        &config_text(&moto.endpoint(), ""),
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
+        Some("trap '' XFSZ; ulimit -f 8; exec \"$@\""),
+    );
+    let mut issued = 0;
+    let mut failure = None;
+    for i in 0..200 {
+        let out = d.mandate(&[
+            "request",
+            "s3-data",
+            "--duration",
+            &format!("{}m", 15 + i % 40),
+        ]);
+        if out.status.code() == Some(0) {
+            issued += 1;
+            continue;
+        }
+        assert!(out.stdout.is_empty());
+        failure = Some(stderr(&out));
+        break;
+    }
+    let failure = failure.expect("the log filled up");
+    assert!(issued > 0);
+    assert!(
+        failure.starts_with("mandate: audit unavailable"),
+        "{failure}"
+    );
+    let sts_calls = moto.assumed_roles().len();
+    for _ in 0..5 {
+        let out = d.mandate(&["credential-process", "readonly"]);
+        assert_eq!(out.status.code(), Some(6));
+        assert!(out.stdout.is_empty());
+        assert!(
+            stderr(&out).starts_with("mandate: audit unavailable"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        moto.assumed_roles().len(),
+        sts_calls,
+        "no AssumeRole after the audit failure"
+    );
+    let v: Value = serde_json::from_slice(&d.mandate(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(v["audit_ok"], false);
+    assert!(
+        d.log()
+            .contains("audit write failed; no more credentials will be issued")
+    );
+    // Restarted without the limit: the torn tail of the failed write is trimmed and recorded,
+    // the log verifies, and every credential that was handed out has its issued record.
+    d.kill9();
+    d.restart();
+    let out = d.mandate(&["audit", "verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let audit = d.audit();
+    assert!(
+        audit.iter().any(|r| r["kind"] == "recovered"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        audit.iter().filter(|r| r["kind"] == "issued").count(),
+        issued
+    );
+}
