@@ -56,9 +56,59 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// Keep-alive HTTP/1.1 GETs on one connection until `deadline`; returns each latency.
+fn http_client(port: u16, token: &str, deadline: Instant) -> Vec<Duration> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let request =
+        format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {token}\r\n\r\n");
+    let mut lat = Vec::new();
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        writer.write_all(request.as_bytes()).unwrap();
+        let mut len = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            assert!(
+                !line.starts_with("HTTP/1.1 ") || line.starts_with("HTTP/1.1 200"),
+                "{line}"
+            );
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        lat.push(t.elapsed());
+    }
+    lat
+}
+
 fn main() {
     let moto = Moto::start();
-    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let http_port = free_port();
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("bench");
+    let token = mandate::http::new_token();
+    std::fs::write(&token_file, &token).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let extra = format!(
+        "\n[agents.bench]\nprofiles = [\"readonly\"]\ndefault_profile = \"readonly\"\ntoken_file = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+        token_file.display()
+    );
+    let d = Daemon::start(&config_text(&moto.endpoint(), &extra));
     let cp = || {
         let mut c = Command::new(MANDATE);
         clean_env(&mut c);
@@ -137,6 +187,35 @@ fn main() {
         println!(
             "| {clients} | {:.0} | {} |",
             count.load(Ordering::Relaxed) as f64 / 3.0,
+            ms(percentile(&lat, 0.99))
+        );
+    }
+
+    println!("\n## container-credentials endpoint, warm (keep-alive HTTP/1.1 clients, 3 s each)\n");
+    println!("| clients | requests/s | p50 latency | p99 latency |");
+    println!("|---|---|---|---|");
+    http_client(
+        http_port,
+        &token,
+        Instant::now() + Duration::from_millis(200),
+    ); // warm the cache
+    for clients in [1, 64] {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let token = token.clone();
+                std::thread::spawn(move || http_client(http_port, &token, deadline))
+            })
+            .collect();
+        let mut lat: Vec<Duration> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        lat.sort();
+        println!(
+            "| {clients} | {:.0} | {} | {} |",
+            lat.len() as f64 / 3.0,
+            ms(percentile(&lat, 0.5)),
             ms(percentile(&lat, 0.99))
         );
     }

@@ -76,6 +76,10 @@ pub struct Agent {
     pub profiles: Vec<ProfileName>,
     pub uids: Vec<u32>,
     pub operator: Option<String>,
+    /// For the HTTP endpoint: the file holding this agent's token.
+    pub token_file: Option<PathBuf>,
+    /// For the HTTP endpoint: the profile served at `/`.
+    pub default_profile: Option<ProfileName>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,6 +131,8 @@ pub struct Config {
     pub agents: BTreeMap<String, Agent>,
     pub approvers: BTreeMap<String, Approver>,
     pub audit: crate::audit::Options,
+    /// The container-credentials endpoint, if enabled.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -186,6 +192,13 @@ const BROKER_KEYS: [&str; 9] = [
     "refresh_ahead",
     "min_remaining",
     "sts_timeout",
+];
+const AGENT_KEYS: [&str; 5] = [
+    "profiles",
+    "uids",
+    "operator",
+    "token_file",
+    "default_profile",
 ];
 const TABLES: &str = "[broker], [audit], [roles.NAME], [agents.NAME] or [approvers.NAME]";
 
@@ -392,6 +405,7 @@ impl ConfigParser<'_> {
         let mut agents = BTreeMap::new();
         let mut approvers = BTreeMap::new();
         let mut audit = crate::audit::Options::default();
+        let mut http = None;
         let mut ok = true;
 
         for (key, value) in table.iter() {
@@ -573,12 +587,35 @@ impl ConfigParser<'_> {
                     }
                 }
                 "http" => {
-                    self.w.err(
-                        key.span(),
-                        "",
-                        "the [http] container-credentials listener is not available in this version; remove [http]",
-                    );
-                    ok = false;
+                    let Some(t) = self.table(value, "http") else {
+                        ok = false;
+                        continue;
+                    };
+                    for (k, v) in t.iter() {
+                        match k.get_ref().as_ref() {
+                            "listen" => {
+                                let addr = self
+                                    .w
+                                    .string(v, "http.listen", "an address like \"127.0.0.1:9911\"")
+                                    .and_then(|s| {
+                                        crate::http::check_listen(s)
+                                            .map_err(|m| self.w.err(v.span(), "http.listen", m))
+                                            .ok()
+                                    });
+                                ok &= addr.is_some();
+                                http = addr;
+                            }
+                            _ => {
+                                self.unknown(k, "http", &["listen"]);
+                                ok = false;
+                            }
+                        }
+                    }
+                    if http.is_none() && !t.keys().any(|k| k.get_ref() == "listen") {
+                        self.w
+                            .err(key.span(), "http", "missing required key \"listen\"");
+                        ok = false;
+                    }
                 }
                 _ => {
                     self.unknown(key, "", &TOP);
@@ -651,6 +688,7 @@ impl ConfigParser<'_> {
             agents: agents.into_iter().map(|(k, (a, _))| (k, a)).collect(),
             approvers,
             audit,
+            http,
         })
     }
 
@@ -715,6 +753,8 @@ impl ConfigParser<'_> {
         let mut profiles = None;
         let mut uids = Some(Vec::new());
         let mut operator = Some(None);
+        let mut token_file = Some(None);
+        let mut default_profile: Option<Option<(ProfileName, std::ops::Range<usize>)>> = Some(None);
         for (k, val) in t.iter() {
             let kp = format!("{path}.{}", k.get_ref());
             match k.get_ref().as_ref() {
@@ -726,7 +766,16 @@ impl ConfigParser<'_> {
                         .string(val, &kp, "an approver name")
                         .map(|s| Some(s.to_owned()))
                 }
-                _ => self.unknown(k, &path, &["profiles", "uids", "operator"]),
+                "token_file" => token_file = self.path(val, &kp).map(Some),
+                "default_profile" => {
+                    default_profile = self.w.string(val, &kp, "a profile name").and_then(|s| {
+                        ProfileName::parse(s)
+                            .map_err(|m| self.w.err(val.span(), &kp, m))
+                            .ok()
+                            .map(|p| Some((p, val.span())))
+                    })
+                }
+                _ => self.unknown(k, &path, &AGENT_KEYS),
             }
         }
         if profiles.is_none() && !t.keys().any(|k| k.get_ref() == "profiles") {
@@ -739,11 +788,24 @@ impl ConfigParser<'_> {
         let mut profiles: Vec<ProfileName> = profiles?;
         let unique: BTreeSet<_> = profiles.iter().cloned().collect();
         profiles = unique.into_iter().collect();
+        let default_profile = match default_profile? {
+            Some((p, span)) if !profiles.contains(&p) => {
+                self.w.err(
+                    span,
+                    &format!("{path}.default_profile"),
+                    format!("{} is not one of this agent's profiles", quoted(p.as_str())),
+                );
+                return None;
+            }
+            other => other.map(|(p, _)| p),
+        };
         Some(Agent {
             name,
             profiles,
             uids: uids?,
             operator: operator?,
+            token_file: token_file?,
+            default_profile,
         })
     }
 
@@ -859,14 +921,17 @@ uids = [1000]
                 &["broker.toml:7:9: agents.a: operator \"bob\" is not declared in [approvers]"],
             ),
             (
-                "http not yet",
-                "[http]\nlisten = \"127.0.0.1:1\"\n",
+                "http not loopback",
+                "[broker]\nstate_dir = \"s\"\nsocket = \"s\"\nprofiles_dir = \"p\"\n[roles.r]\narn = \"arn:aws:iam::123456789012:role/r\"\n[http]\nlisten = \"0.0.0.0:9911\"\n",
                 &[
-                    "broker.toml: missing required key \"broker.state_dir\"",
-                    "broker.toml: missing required key \"broker.socket\"",
-                    "broker.toml: missing required key \"broker.profiles_dir\"",
-                    "broker.toml: no roles: declare at least one [roles.NAME] with an arn",
-                    "broker.toml:1:2: the [http] container-credentials listener is not available in this version; remove [http]",
+                    "broker.toml:8:10: http.listen: 0.0.0.0:9911 is not a loopback address: the credentials endpoint listens on 127.0.0.1 or [::1] only (share the agent's network namespace instead)",
+                ],
+            ),
+            (
+                "default profile not bound",
+                "[broker]\nstate_dir = \"s\"\nsocket = \"s\"\nprofiles_dir = \"p\"\n[roles.r]\narn = \"arn:aws:iam::123456789012:role/r\"\n[agents.a]\nprofiles = [\"x\"]\ndefault_profile = \"y\"\n",
+                &[
+                    "broker.toml:9:19: agents.a.default_profile: \"y\" is not one of this agent's profiles",
                 ],
             ),
         ];

@@ -16,6 +16,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod diag;
+pub mod http;
 pub mod policy;
 pub mod profile;
 pub mod protocol;

@@ -133,7 +133,7 @@ async fn handle<I: Issuer>(broker: Arc<Broker<I>>, mut stream: UnixStream) {
         Ok(c) => c,
         Err(_) => return,
     };
-    let caller = Caller {
+    let caller = Caller::Peer {
         uid: cred.uid(),
         pid: cred.pid(),
     };
@@ -161,6 +161,7 @@ async fn dispatch<I: Issuer>(
     caller: Caller,
     req: Request,
 ) -> serde_json::Value {
+    let uid = caller.uid().unwrap_or(u32::MAX);
     match req {
         Request::Credentials {
             profile,
@@ -178,7 +179,7 @@ async fn dispatch<I: Issuer>(
                 Err(_) => error_body("timeout", "the broker could not get credentials in time"),
                 Ok(Err(e)) => {
                     if !matches!(e, BrokerError::Denied(_)) {
-                        tracing::warn!(uid = caller.uid, code = e.code(), error = %e, "credential request failed");
+                        tracing::warn!(uid, code = e.code(), error = %e, "credential request failed");
                     }
                     error_body(e.code(), &e.to_string())
                 }
@@ -204,18 +205,18 @@ async fn dispatch<I: Issuer>(
             let state = broker.state();
             let agent = state
                 .config
-                .agent_for_uid(caller.uid, None)
+                .agent_for_uid(uid, None)
                 .ok()
                 .map(|a| a.name.clone());
             let approver = state
                 .config
                 .approvers
                 .values()
-                .any(|a| a.uids.contains(&caller.uid));
+                .any(|a| a.uids.contains(&uid));
             if agent.is_none() && !approver {
                 return error_body(
                     "unknown_caller",
-                    &format!("uid {} is neither an agent nor an approver", caller.uid),
+                    &format!("uid {uid} is neither an agent nor an approver"),
                 );
             }
             // Approvers see every agent; an agent sees its own sessions.

@@ -12,11 +12,28 @@ use crate::config::{CachePolicy, Config, Loaded, Role};
 use crate::policy::CompiledProfile;
 use crate::profile::{Approval, BROKER_TAG_KEYS};
 
-/// Who is asking, as the kernel (socket peer credentials) says; never what the request claims.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Caller {
-    pub uid: u32,
-    pub pid: Option<i32>,
+/// Who is asking: never what the request claims.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A Unix socket peer, as the kernel reports it (SO_PEERCRED).
+    Peer { uid: u32, pid: Option<i32> },
+    /// An HTTP client that presented this agent's token (checked by the transport).
+    Token { agent: String },
+}
+
+impl Caller {
+    pub fn uid(&self) -> Option<u32> {
+        match self {
+            Caller::Peer { uid, .. } => Some(*uid),
+            Caller::Token { .. } => None,
+        }
+    }
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            Caller::Peer { pid, .. } => *pid,
+            Caller::Token { .. } => None,
+        }
+    }
 }
 
 /// What the caller asks for.
@@ -120,7 +137,7 @@ impl State {
 }
 
 /// Pure authorization: identity from the uid, agent ↔ profile binding, approval gate, duration.
-pub fn authorize(state: &State, caller: Caller, req: &CredRequest) -> Decision {
+pub fn authorize(state: &State, caller: &Caller, req: &CredRequest) -> Decision {
     let deny = |code, message: String, agent: Option<&str>| {
         Decision::Denied(Denial {
             code,
@@ -128,14 +145,26 @@ pub fn authorize(state: &State, caller: Caller, req: &CredRequest) -> Decision {
             agent: agent.map(str::to_owned),
         })
     };
-    let agent = match state.config.agent_for_uid(caller.uid, req.agent.as_deref()) {
-        Ok(a) => a,
-        Err(m) => return deny(DenyCode::UnknownCaller, m, None),
+    let agent = match caller {
+        Caller::Peer { uid, .. } => match state.config.agent_for_uid(*uid, req.agent.as_deref()) {
+            Ok(a) => a,
+            Err(m) => return deny(DenyCode::UnknownCaller, m, None),
+        },
+        Caller::Token { agent } => match state.config.agents.get(agent) {
+            Some(a) if req.agent.as_ref().is_none_or(|r| r == agent) => a,
+            _ => {
+                return deny(
+                    DenyCode::UnknownCaller,
+                    format!("the token does not act as agent {agent}"),
+                    None,
+                );
+            }
+        },
     };
     let Some(profile) = state.profiles.get(&req.profile) else {
         return deny(
             DenyCode::UnknownProfile,
-            format!("no profile named {:?}", crate::diag::quoted(&req.profile)),
+            format!("no profile named {}", crate::diag::quoted(&req.profile)),
             Some(&agent.name),
         );
     };
@@ -326,13 +355,13 @@ impl<I: Issuer> Broker<I> {
             return Err(AuditError::Unavailable("an earlier write failed".into()).into());
         }
         let state = self.state();
-        let grant = match authorize(&state, caller, &req) {
+        let grant = match authorize(&state, &caller, &req) {
             Decision::Granted(g) => g,
             Decision::Denied(d) => {
                 let mut r = Record::new(Kind::Denied);
                 r.agent = d.agent.clone();
-                r.uid = Some(caller.uid);
-                r.pid = caller.pid;
+                r.uid = caller.uid();
+                r.pid = caller.pid();
                 r.profile = Some(req.profile.clone());
                 r.reason = req.reason.clone();
                 r.decision = Some("deny".into());
@@ -360,8 +389,8 @@ impl<I: Issuer> Broker<I> {
         let base = |kind| {
             let mut r = Record::new(kind);
             r.agent = Some(grant.agent.clone());
-            r.uid = Some(caller.uid);
-            r.pid = caller.pid;
+            r.uid = caller.uid();
+            r.pid = caller.pid();
             r.profile = Some(grant.profile.profile.name.as_str().to_owned());
             r.profile_sha256 = Some(grant.profile.profile_sha256.clone());
             r.policy_sha256 = Some(grant.profile.policy.sha256().to_owned());

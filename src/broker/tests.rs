@@ -83,7 +83,7 @@ fn req(profile: &str) -> CredRequest {
     }
 }
 
-const CLAUDE: Caller = Caller {
+const CLAUDE: Caller = Caller::Peer {
     uid: 1000,
     pid: Some(42),
 };
@@ -96,7 +96,7 @@ fn authorization_table() {
         (CLAUDE, req("s3-data"), Ok(3600)),
         (CLAUDE, req("readonly"), Ok(3600)),
         (
-            Caller {
+            Caller::Peer {
                 uid: 3000,
                 pid: None,
             },
@@ -107,7 +107,7 @@ fn authorization_table() {
             )),
         ),
         (
-            Caller {
+            Caller::Peer {
                 uid: 2000,
                 pid: None,
             },
@@ -131,10 +131,7 @@ fn authorization_table() {
         (
             CLAUDE,
             req("nope"),
-            Err((
-                DenyCode::UnknownProfile,
-                "no profile named \"\\\"nope\\\"\"",
-            )),
+            Err((DenyCode::UnknownProfile, "no profile named \"nope\"")),
         ),
         (
             CLAUDE,
@@ -165,7 +162,7 @@ fn authorization_table() {
         ),
     ];
     for (caller, r, want) in cases {
-        let got = match authorize(&s, caller, &r) {
+        let got = match authorize(&s, &caller, &r) {
             Decision::Granted(g) => Ok(g.duration_seconds()),
             Decision::Denied(d) => Err((d.code, d.message)),
         };
@@ -180,7 +177,7 @@ fn temporary_base_credentials_cap_sessions_at_one_hour() {
     // Pretend the role allows 12 h and the profile asks for 12 h.
     let role = s.config.roles.get_mut("sandbox").unwrap();
     role.max_session = crate::profile::SessionDuration::parse("12h").unwrap();
-    let Decision::Granted(g) = authorize(&s, CLAUDE, &req("s3-data")) else {
+    let Decision::Granted(g) = authorize(&s, &CLAUDE, &req("s3-data")) else {
         panic!()
     };
     assert_eq!(g.duration_seconds(), 3600);
@@ -284,7 +281,7 @@ async fn denials_are_audited_and_nothing_is_minted() {
     let broker = Broker::new(state(false), FakeIssuer::new(), log);
     let err = broker
         .credentials(
-            Caller {
+            Caller::Peer {
                 uid: 2000,
                 pid: Some(7),
             },

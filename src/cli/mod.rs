@@ -12,6 +12,7 @@
 //! | 5 | refused: the broker denied the request (unknown caller, profile not bound, approval needed) |
 //! | 6 | unavailable: the daemon is not running, or it cannot reach AWS or write its audit log |
 
+mod agent;
 mod audit;
 mod creds;
 mod init;
@@ -152,6 +153,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Declare agents of the container-credentials endpoint and rotate their tokens
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
     /// Verify, tail and show the audit log
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -221,6 +225,7 @@ pub fn main() -> ExitCode {
             region,
             force,
         }),
+        Command::Agent(cmd) => agent::run(config, cmd),
         Command::Audit(cmd) => audit::run(config, cmd),
         Command::Profiles(cmd) => profiles::run(cmd),
         Command::Completions { shell } => {

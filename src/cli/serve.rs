@@ -110,6 +110,25 @@ async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
         eprintln!("error: {e}");
         return Exit::Unavailable;
     }
+    // Token files are read (and hashed) before anything is bound.
+    let tokens = Arc::new(mandate::http::Tokens::default());
+    let problems = tokens.refresh(&c);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        return Exit::Invalid;
+    }
+    let http_listener = match c.http {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr}: {e}");
+                return Exit::Unavailable;
+            }
+        },
+        None => None,
+    };
     let listener = match server::bind(&c.socket) {
         Ok(l) => l,
         Err(e) => {
@@ -127,10 +146,31 @@ async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
         issuer,
         audit.clone(),
     ));
-    tracing::info!(socket = %c.socket.display(), config = %path.display(), "mandate is serving");
+    tracing::info!(socket = %c.socket.display(), http = ?c.http, config = %path.display(), "mandate is serving");
 
-    let reloader = tokio::spawn(reload_loop(broker.clone(), path, base_is_temporary));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http_task = http_listener.map(|l| {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(mandate::http::serve(
+            broker.clone(),
+            tokens.clone(),
+            l,
+            async move {
+                let _ = rx.changed().await;
+            },
+        ))
+    });
+    let reloader = tokio::spawn(reload_loop(
+        broker.clone(),
+        tokens.clone(),
+        path,
+        base_is_temporary,
+    ));
     server::serve(broker.clone(), listener, shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
     reloader.abort();
     let _ = std::fs::remove_file(&c.socket);
     let _ = audit.append_durable(Record::new(Kind::Stopped)).await;
@@ -169,6 +209,7 @@ fn fingerprint(config: &Path, profiles: &Path) -> Vec<(PathBuf, u64, SystemTime)
 /// Reloads on SIGHUP or when the config or a profile changes. A bad edit keeps the old state.
 async fn reload_loop<I: mandate::aws::Issuer>(
     broker: Arc<Broker<I>>,
+    tokens: Arc<mandate::http::Tokens>,
     path: PathBuf,
     base_is_temporary: bool,
 ) {
@@ -178,19 +219,29 @@ async fn reload_loop<I: mandate::aws::Issuer>(
     };
     let profiles_dir = broker.state().config.profiles_dir.clone();
     let mut last = fingerprint(&path, &profiles_dir);
+    let mut token_problems: Vec<String> = Vec::new();
     loop {
-        tokio::select! {
-            _ = hup.recv() => {}
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                let now = fingerprint(&path, &profiles_dir);
-                if now == last { continue; }
+        let hangup = tokio::select! {
+            _ = hup.recv() => true,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+        };
+        // Token files are re-read when they change (rotation without a restart).
+        let problems = tokens.refresh(&broker.state().config);
+        if problems != token_problems {
+            for p in &problems {
+                tracing::error!(problem = %p, "agent token unusable; that agent cannot authenticate");
             }
+            token_problems = problems;
+        }
+        if !hangup && fingerprint(&path, &profiles_dir) == last {
+            continue;
         }
         last = fingerprint(&path, &profiles_dir);
         match config::load(&path) {
             Ok(loaded) => {
                 let n = loaded.profiles.len();
                 broker.replace_state(State::new(loaded, base_is_temporary));
+                let _ = tokens.refresh(&broker.state().config);
                 tracing::info!(profiles = n, "reloaded the config and profiles");
             }
             Err(e) => {
