@@ -20,7 +20,9 @@ say "installing the pinned test tools into .venv (moto, boto3, AWS CLI)"
 
 say "building mandate"
 cargo build --quiet
-mandate="$root/target/debug/mandate"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
+mandate="$target_dir/debug/mandate"
 
 work=$(mktemp -d)
 pids=()

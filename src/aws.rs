@@ -42,7 +42,7 @@ pub struct Credentials {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum StsError {
     #[error(
-        "STS refused AssumeRole on {role}: the role's trust policy must allow the broker's identity to call sts:AssumeRole, sts:TagSession and sts:SetSourceIdentity ({detail})"
+        "STS refused AssumeRole on {role}: the role may not exist, or its trust policy does not allow the broker's identity to call sts:AssumeRole, sts:TagSession and sts:SetSourceIdentity ({detail})"
     )]
     AccessDenied { role: String, detail: String },
     #[error(

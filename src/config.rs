@@ -60,6 +60,22 @@ pub enum ConfigError {
     Invalid(Vec<Diagnostic>),
 }
 
+/// Agent names appear in `SourceIdentity` (`mandate-NAME`, at most 64 characters at AWS) and in
+/// session names (`mandate-NAME-REQUESTID`, at most 64), so they are shorter than other names.
+pub const MAX_AGENT_NAME: usize = 40;
+
+pub fn check_agent_name(name: &str) -> Result<(), String> {
+    check_slug("agent name", name)?;
+    if name.len() > MAX_AGENT_NAME {
+        return Err(format!(
+            "agent name {} is {} characters; at most {MAX_AGENT_NAME} (it goes into SourceIdentity and session names)",
+            quoted(name),
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
 /// A role the broker may assume.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Role {
@@ -231,6 +247,22 @@ pub fn read(path: &Path) -> Result<Config, ConfigError> {
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let config = read(path)?;
     let label = path.display().to_string();
+    // Files the daemon trusts must not be writable by anyone else (design §6, invariant 6).
+    let mut unsafe_files = Vec::new();
+    if let Err(e) = crate::trust::trusted_file(path, "config") {
+        unsafe_files.push(Diagnostic::whole_file(&label, e));
+    }
+    for agent in config.agents.values() {
+        if let Some(t) = &agent.token_file
+            && t.exists()
+            && let Err(e) = crate::trust::trusted_file(t, "token file")
+        {
+            unsafe_files.push(Diagnostic::whole_file(
+                &label,
+                format!("agents.{}: {e}", agent.name),
+            ));
+        }
+    }
     let mut diags = Vec::new();
     let mut profiles = BTreeMap::new();
     let files = match profile::discover(std::slice::from_ref(&config.profiles_dir)) {
@@ -242,7 +274,12 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             )]));
         }
     };
+    diags.extend(unsafe_files);
     for file in files {
+        if let Err(e) = crate::trust::trusted_file(&file, "profile") {
+            diags.push(Diagnostic::whole_file(&file.display().to_string(), e));
+            continue;
+        }
         match profile::load(&file) {
             Ok(p) => match policy::compile(&p) {
                 Ok(c) => {
@@ -485,7 +522,7 @@ impl ConfigParser<'_> {
                                 Some(d) => cache.refresh_ahead = d,
                                 None => ok = false,
                             },
-                            "min_remaining" => match self.duration(v, &path, 60, 3600) {
+                            "min_remaining" => match self.duration(v, &path, 60, 14 * 60) {
                                 Some(d) => cache.min_remaining = d,
                                 None => ok = false,
                             },
@@ -655,14 +692,14 @@ impl ConfigParser<'_> {
                 .whole_file("no roles: declare at least one [roles.NAME] with an arn");
         }
         for (agent, span) in agents.values() {
-            if let Some(op) = &agent.operator {
-                if !approvers.contains_key(op) {
-                    self.w.err(
-                        span.clone(),
-                        &format!("agents.{}", agent.name),
-                        format!("operator {} is not declared in [approvers]", quoted(op)),
-                    );
-                }
+            if let Some(op) = &agent.operator
+                && !approvers.contains_key(op)
+            {
+                self.w.err(
+                    span.clone(),
+                    &format!("agents.{}", agent.name),
+                    format!("operator {} is not declared in [approvers]", quoted(op)),
+                );
             }
         }
         if cache.min_remaining >= cache.refresh_ahead {
@@ -746,7 +783,7 @@ impl ConfigParser<'_> {
     fn agent(&mut self, key: &Key<'_>, v: &Spanned<DeValue<'_>>) -> Option<Agent> {
         let name = key.get_ref().as_ref().to_owned();
         let path = format!("agents.{name}");
-        let name_ok = check_slug("agent name", &name)
+        let name_ok = check_agent_name(&name)
             .map_err(|m| self.w.err(key.span(), "agents", m))
             .is_ok();
         let t = self.table(v, &path)?;
@@ -924,7 +961,7 @@ uids = [1000]
                 "http not loopback",
                 "[broker]\nstate_dir = \"s\"\nsocket = \"s\"\nprofiles_dir = \"p\"\n[roles.r]\narn = \"arn:aws:iam::123456789012:role/r\"\n[http]\nlisten = \"0.0.0.0:9911\"\n",
                 &[
-                    "broker.toml:8:10: http.listen: 0.0.0.0:9911 is not a loopback address: the credentials endpoint listens on 127.0.0.1 or [::1] only (share the agent's network namespace instead)",
+                    "broker.toml:8:10: http.listen: 0.0.0.0:9911 is not 127.0.0.1 or [::1]: the credentials endpoint listens on loopback only (share the agent's network namespace instead)",
                 ],
             ),
             (

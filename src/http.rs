@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -31,8 +31,10 @@ use crate::broker::{Broker, BrokerError, Caller, CredRequest, REQUEST_DEADLINE};
 use crate::clock;
 use crate::config::Config;
 
-/// Concurrent connections; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 256;
+/// Concurrent connections; more are closed at once. An idle connection costs hyper's read
+/// buffer (at most [`MAX_HEADER_BYTES`]) plus a task: at most about 80 MiB at the cap, and idle
+/// connections are dropped after [`HEADER_TIMEOUT`].
+pub const MAX_CONNECTIONS: usize = 4096;
 /// Time to send the request head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Whole-connection time limit (keep-alive included).
@@ -85,11 +87,11 @@ impl Tokens {
                 modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                 inode: m.ino(),
             });
-            if let (Some(s), Some((hash, Some(old_stamp)))) = (&stamp, old.get(&agent.name)) {
-                if s == old_stamp {
-                    next.insert(agent.name.clone(), (*hash, stamp));
-                    continue;
-                }
+            if let (Some(s), Some((hash, Some(old_stamp)))) = (&stamp, old.get(&agent.name))
+                && s == old_stamp
+            {
+                next.insert(agent.name.clone(), (*hash, stamp));
+                continue;
             }
             match read_token(path) {
                 Ok(hash) => {
@@ -115,21 +117,10 @@ impl Tokens {
     }
 }
 
+/// Reads and hashes a token file. Symlinks are followed (Kubernetes Secret volumes are made of
+/// them) but the file and every directory on the way must be safe (`trust::trusted_file`).
 fn read_token(path: &PathBuf) -> Result<[u8; 32], String> {
-    let meta = std::fs::symlink_metadata(path)
-        .map_err(|e| format!("token file {}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!(
-            "token file {} is not a regular file",
-            path.display()
-        ));
-    }
-    if meta.permissions().mode() & 0o022 != 0 {
-        return Err(format!(
-            "token file {} is writable by group or others; chmod 600 it",
-            path.display()
-        ));
-    }
+    crate::trust::trusted_file(path, "token file")?;
     let bytes = std::fs::read(path).map_err(|e| format!("token file {}: {e}", path.display()))?;
     if bytes.ends_with(b"\n") || bytes.ends_with(b"\r") {
         return Err(format!(
@@ -151,9 +142,11 @@ pub fn check_listen(addr: &str) -> Result<SocketAddr, String> {
     let sa: SocketAddr = addr
         .parse()
         .map_err(|_| format!("{addr:?} is not an address like \"127.0.0.1:9911\""))?;
-    if !sa.ip().is_loopback() {
+    let exact = matches!(sa.ip(), std::net::IpAddr::V4(ip) if ip == std::net::Ipv4Addr::LOCALHOST)
+        || matches!(sa.ip(), std::net::IpAddr::V6(ip) if ip == std::net::Ipv6Addr::LOCALHOST);
+    if !exact {
         return Err(format!(
-            "{addr} is not a loopback address: the credentials endpoint listens on 127.0.0.1 or [::1] only (share the agent's network namespace instead)"
+            "{addr} is not 127.0.0.1 or [::1]: the credentials endpoint listens on loopback only (share the agent's network namespace instead)"
         ));
     }
     Ok(sa)
@@ -194,6 +187,35 @@ struct Ctx<I: Issuer> {
     broker: Arc<Broker<I>>,
     tokens: Arc<Tokens>,
     port: u16,
+    refusals: RefusalBudget,
+}
+
+/// Refusals before authentication are audited, but at most [`REFUSALS_PER_SECOND`] a second, so
+/// an unauthenticated local process cannot fill the audit queue or the disk (which would stop
+/// issuance for every agent). The number left out is recorded with the next refusal written.
+pub const REFUSALS_PER_SECOND: u64 = 50;
+
+#[derive(Default)]
+struct RefusalBudget {
+    state: std::sync::Mutex<(u64, u64, u64)>, // (second, written this second, suppressed)
+}
+
+impl RefusalBudget {
+    /// `Some(suppressed so far)` when this refusal may be written.
+    fn take(&self) -> Option<u64> {
+        let now = clock::unix_now() as u64;
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.0 != now {
+            s.0 = now;
+            s.1 = 0;
+        }
+        if s.1 >= REFUSALS_PER_SECOND {
+            s.2 += 1;
+            return None;
+        }
+        s.1 += 1;
+        Some(std::mem::take(&mut s.2))
+    }
 }
 
 /// Serves the endpoint until `shutdown` resolves.
@@ -208,6 +230,7 @@ pub async fn serve<I: Issuer>(
         broker,
         tokens,
         port,
+        refusals: RefusalBudget::default(),
     });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
@@ -237,6 +260,23 @@ pub async fn serve<I: Issuer>(
     }
 }
 
+/// What an HTTP client is told about a failure that is not a denial.
+fn public_message(e: &BrokerError) -> &'static str {
+    use crate::aws::StsError;
+    match e {
+        BrokerError::Denied(_) => "refused",
+        BrokerError::Audit(_) => {
+            "the broker's audit log is unavailable, so no credentials are issued"
+        }
+        BrokerError::Sts(StsError::Throttled | StsError::Unavailable(_) | StsError::Timeout) => {
+            "AWS STS is unavailable or throttling; retry shortly"
+        }
+        BrokerError::Sts(_) => {
+            "the broker cannot obtain credentials for this profile; its operator can see why in the daemon's log"
+        }
+    }
+}
+
 fn refusal(code: &str, message: &str, agent: Option<&str>, path: &str) -> Record {
     let mut r = Record::new(Kind::Denied);
     r.agent = agent.map(str::to_owned);
@@ -246,71 +286,137 @@ fn refusal(code: &str, message: &str, agent: Option<&str>, path: &str) -> Record
     r
 }
 
+/// Which profile a screened request asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/`: the agent's default profile.
+    Default,
+    /// `/profile/NAME`.
+    Profile(String),
+}
+
+/// A request that passed the transport checks; the token is still unverified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Screened {
+    pub token: Vec<u8>,
+    pub route: Route,
+}
+
+/// Why a request is refused before it reaches the broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+const fn refuse(status: u16, code: &'static str, message: &'static str) -> Refusal {
+    Refusal {
+        status,
+        code,
+        message,
+    }
+}
+
+/// The transport checks, in order, as a pure function of the request head (fuzzed in
+/// `fuzz/fuzz_targets/http_request.rs`). Header names are compared case-insensitively.
+pub fn screen(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    port: u16,
+) -> Result<Screened, Refusal> {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    };
+    if method != "GET" {
+        return Err(refuse(405, "method_not_allowed", "only GET is supported"));
+    }
+    if ["x-forwarded-for", "forwarded", "via", "x-forwarded-host"]
+        .iter()
+        .any(|n| header(n).is_some())
+    {
+        return Err(refuse(
+            400,
+            "proxied",
+            "requests through a proxy are refused",
+        ));
+    }
+    let hosts = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .count();
+    let host_ok = hosts == 1
+        && header("host")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .is_some_and(|h| host_allowed(h, port));
+    if !host_ok {
+        return Err(refuse(
+            403,
+            "bad_host",
+            "the Host header must name this loopback listener",
+        ));
+    }
+    if header("content-length").is_some_and(|v| v != b"0") || header("transfer-encoding").is_some()
+    {
+        return Err(refuse(400, "bad_request", "a GET request has no body"));
+    }
+    let Some(token) = header("authorization") else {
+        return Err(refuse(401, "no_token", "missing Authorization token"));
+    };
+    let route = if path == "/" {
+        Route::Default
+    } else if let Some(name) = path
+        .strip_prefix("/profile/")
+        .filter(|n| !n.is_empty() && n.len() <= 64 && !n.contains('/'))
+    {
+        Route::Profile(name.to_owned())
+    } else {
+        return Err(refuse(404, "not_found", "use / or /profile/NAME"));
+    };
+    Ok(Screened {
+        token: token.to_vec(),
+        route,
+    })
+}
+
 async fn handle<I: Issuer>(ctx: &Ctx<I>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().chars().take(200).collect::<String>();
     let reject = |status: StatusCode, code: &str, message: &str, agent: Option<&str>| {
-        let _ = ctx
-            .broker
-            .audit()
-            .append(refusal(code, message, agent, &path));
+        if let Some(suppressed) = ctx.refusals.take() {
+            let mut r = refusal(code, message, agent, &path);
+            if suppressed > 0 {
+                r.message = r.message.map(|m| {
+                    format!(
+                        "{m} ({suppressed} earlier refusals over the rate limit were not recorded)"
+                    )
+                });
+            }
+            let _ = ctx.broker.audit().append(r);
+        }
         error(status, code, message)
     };
-    if req.method() != Method::GET {
-        let mut r = reject(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "only GET is supported",
-            None,
-        );
-        r.headers_mut()
-            .insert(hyper::header::ALLOW, HeaderValue::from_static("GET"));
-        return r;
-    }
-    let h = req.headers();
-    if ["x-forwarded-for", "forwarded", "via", "x-forwarded-host"]
+    let headers: Vec<(&str, &[u8])> = req
+        .headers()
         .iter()
-        .any(|n| h.contains_key(*n))
-    {
-        return reject(
-            StatusCode::BAD_REQUEST,
-            "proxied",
-            "requests through a proxy are refused",
-            None,
-        );
-    }
-    let host_ok = h
-        .get(hyper::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|host| host_allowed(host, ctx.port));
-    if !host_ok {
-        return reject(
-            StatusCode::FORBIDDEN,
-            "bad_host",
-            "the Host header must name this loopback listener",
-            None,
-        );
-    }
-    let has_body = h
-        .get(hyper::header::CONTENT_LENGTH)
-        .is_some_and(|v| v.as_bytes() != b"0")
-        || h.contains_key(hyper::header::TRANSFER_ENCODING);
-    if has_body {
-        return reject(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "a GET request has no body",
-            None,
-        );
-    }
-    let Some(token) = h.get(hyper::header::AUTHORIZATION) else {
-        return reject(
-            StatusCode::UNAUTHORIZED,
-            "no_token",
-            "missing Authorization token",
-            None,
-        );
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    let screened = match screen(req.method().as_str(), req.uri().path(), &headers, ctx.port) {
+        Ok(s) => s,
+        Err(r) => {
+            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+            let mut resp = reject(status, r.code, r.message, None);
+            if r.status == 405 {
+                resp.headers_mut()
+                    .insert(hyper::header::ALLOW, HeaderValue::from_static("GET"));
+            }
+            return resp;
+        }
     };
-    let Some(agent) = ctx.tokens.agent_for(token.as_bytes()) else {
+    let Some(agent) = ctx.tokens.agent_for(&screened.token) else {
         return reject(
             StatusCode::UNAUTHORIZED,
             "bad_token",
@@ -319,8 +425,8 @@ async fn handle<I: Issuer>(ctx: &Ctx<I>, req: Request<Incoming>) -> Response<Ful
         );
     };
     let state = ctx.broker.state();
-    let profile = if path == "/" {
-        match state
+    let profile = match screened.route {
+        Route::Default => match state
             .config
             .agents
             .get(&agent)
@@ -335,16 +441,8 @@ async fn handle<I: Issuer>(ctx: &Ctx<I>, req: Request<Incoming>) -> Response<Ful
                     Some(&agent),
                 );
             }
-        }
-    } else if let Some(name) = path.strip_prefix("/profile/") {
-        name.to_owned()
-    } else {
-        return reject(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "use / or /profile/NAME",
-            Some(&agent),
-        );
+        },
+        Route::Profile(name) => name,
     };
     drop(state);
     let req = CredRequest {
@@ -364,13 +462,18 @@ async fn handle<I: Issuer>(ctx: &Ctx<I>, req: Request<Incoming>) -> Response<Ful
             "timeout",
             "the broker could not get credentials in time",
         ),
+        // Denials name only the profile and the agent; other failures are described by class
+        // only (no ARNs, AWS messages or OS errors), with the detail in the daemon's log.
+        Ok(Err(BrokerError::Denied(d))) => {
+            error(StatusCode::FORBIDDEN, d.code.as_str(), &d.message)
+        }
         Ok(Err(e)) => {
-            let status = match &e {
-                BrokerError::Denied(_) => StatusCode::FORBIDDEN,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            // Broker messages name profiles and agents, never secrets or internals.
-            error(status, e.code(), &e.to_string())
+            tracing::warn!(code = e.code(), error = %e, "credential request over HTTP failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.code(),
+                public_message(&e),
+            )
         }
         Ok(Ok(issued)) => {
             let c = &issued.credentials;
@@ -385,5 +488,155 @@ async fn handle<I: Issuer>(ctx: &Ctx<I>, req: Request<Incoming>) -> Response<Ful
                 }),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static [u8])> {
+        pairs.iter().map(|(n, v)| (*n, v.as_bytes())).collect()
+    }
+
+    type Case = (
+        &'static str,
+        &'static str,
+        Vec<(&'static str, &'static str)>,
+        Result<Route, &'static str>,
+    );
+
+    #[test]
+    fn screening_table() {
+        let ok = [("Host", "127.0.0.1:9911"), ("Authorization", "tok")];
+        let cases: Vec<Case> = vec![
+            ("GET", "/", ok.to_vec(), Ok(Route::Default)),
+            (
+                "GET",
+                "/profile/s3-data",
+                vec![("host", "LOCALHOST:9911"), ("authorization", "t")],
+                Ok(Route::Profile("s3-data".into())),
+            ),
+            (
+                "GET",
+                "/",
+                vec![("Host", "[::1]:9911"), ("Authorization", "t")],
+                Ok(Route::Default),
+            ),
+            ("POST", "/", ok.to_vec(), Err("method_not_allowed")),
+            (
+                "GET",
+                "/",
+                vec![("Host", "evil.example:9911"), ("Authorization", "t")],
+                Err("bad_host"),
+            ),
+            (
+                "GET",
+                "/",
+                vec![("Host", "127.0.0.1.nip.io:9911"), ("Authorization", "t")],
+                Err("bad_host"),
+            ),
+            (
+                "GET",
+                "/",
+                vec![("Host", "127.0.0.1"), ("Authorization", "t")],
+                Err("bad_host"),
+            ),
+            (
+                "GET",
+                "/",
+                vec![
+                    ("Host", "127.0.0.1:9911"),
+                    ("Host", "evil.example"),
+                    ("Authorization", "t"),
+                ],
+                Err("bad_host"),
+            ),
+            ("GET", "/", vec![("Authorization", "t")], Err("bad_host")),
+            (
+                "GET",
+                "/",
+                vec![
+                    ("Host", "127.0.0.1:9911"),
+                    ("Authorization", "t"),
+                    ("Via", "1.1 p"),
+                ],
+                Err("proxied"),
+            ),
+            (
+                "GET",
+                "/",
+                vec![
+                    ("Host", "127.0.0.1:9911"),
+                    ("Authorization", "t"),
+                    ("Content-Length", "5"),
+                ],
+                Err("bad_request"),
+            ),
+            (
+                "GET",
+                "/",
+                vec![("Host", "127.0.0.1:9911")],
+                Err("no_token"),
+            ),
+            ("GET", "/profile/", ok.to_vec(), Err("not_found")),
+            ("GET", "/profile/a/b", ok.to_vec(), Err("not_found")),
+        ];
+        for (method, path, headers, want) in cases {
+            let hs = h(&headers);
+            let got = screen(method, path, &hs, 9911)
+                .map(|s| s.route)
+                .map_err(|r| r.code);
+            assert_eq!(got, want, "{method} {path} {headers:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_held_only_as_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let t = new_token();
+        assert_eq!(t.len(), 64, "256 bits as hex");
+        let file = dir.path().join("tok");
+        std::fs::write(&file, &t).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_token(&file).unwrap(), token_hash(t.as_bytes()));
+        std::fs::write(&file, format!("{t}\n")).unwrap();
+        assert!(
+            read_token(&file)
+                .unwrap_err()
+                .contains("ends with a newline")
+        );
+        std::fs::write(&file, "short").unwrap();
+        assert!(read_token(&file).unwrap_err().contains("at least 32"));
+        // What is stored is the hash: the plaintext is nowhere in the structure.
+        std::fs::write(&file, &t).unwrap();
+        let tokens = Tokens::default();
+        tokens
+            .inner
+            .write()
+            .unwrap()
+            .insert("a".into(), (read_token(&file).unwrap(), None));
+        assert_eq!(tokens.agent_for(t.as_bytes()).as_deref(), Some("a"));
+        assert_eq!(tokens.agent_for(b"nope"), None);
+        assert!(!format!("{:?}", tokens.inner.read().unwrap()).contains(&t));
+    }
+
+    #[test]
+    fn only_loopback_listeners() {
+        assert!(check_listen("127.0.0.1:9911").is_ok());
+        assert!(check_listen("[::1]:9911").is_ok());
+        assert!(check_listen("0.0.0.0:9911").is_err());
+        assert!(check_listen("10.0.0.5:9911").is_err());
+        assert!(
+            check_listen("localhost:9911").is_err(),
+            "names are not resolved"
+        );
+        assert!(
+            check_listen("127.0.0.2:9911").is_err(),
+            "exactly the addresses Host may name"
+        );
     }
 }

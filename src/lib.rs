@@ -24,3 +24,4 @@ pub mod secret;
 pub mod server;
 pub mod suggest;
 pub mod toml_walk;
+pub mod trust;

@@ -403,7 +403,7 @@ fn sts_faults_give_specific_errors_in_bounded_time_and_no_credential() {
     proxy.inject(json!({"status": 403, "code": "AccessDenied", "count": 100}));
     let (code, err, _) = failing(&d, "readonly");
     assert_eq!(code, Some(6));
-    assert!(err.starts_with("mandate: STS refused AssumeRole on arn:aws:iam::123456789012:role/agent-role: the role's trust policy must allow"), "{err}");
+    assert!(err.starts_with("mandate: STS refused AssumeRole on arn:aws:iam::123456789012:role/agent-role: the role may not exist, or its trust policy does not allow"), "{err}");
 
     proxy.inject(json!({"delay": 5, "count": 100}));
     let (code, err, secs) = failing(&d, "readonly");

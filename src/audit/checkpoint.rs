@@ -17,7 +17,7 @@ use crate::policy::hex;
 pub const CHECKPOINT_FILE: &str = "checkpoints.jsonl";
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -256,14 +256,44 @@ fn recover(
         reason,
     };
     let segs = segments(dir).map_err(|e| open_err(e.to_string()))?;
-    let cp_bytes = match std::fs::read(dir.join(checkpoint::CHECKPOINT_FILE)) {
-        Ok(b) => b,
+    // Only the last checkpoint matters at start-up: read the file's tail, trim a torn final
+    // line (a crash while signing), and check that one signature.
+    let cp_path = dir.join(checkpoint::CHECKPOINT_FILE);
+    let cp_bytes = match File::open(&cp_path) {
+        Ok(mut f) => {
+            let len = f.metadata().map_err(|e| open_err(e.to_string()))?.len();
+            let from = len.saturating_sub(64 * 1024);
+            f.seek(SeekFrom::Start(from))
+                .map_err(|e| open_err(e.to_string()))?;
+            let mut tail = Vec::new();
+            f.read_to_end(&mut tail)
+                .map_err(|e| open_err(e.to_string()))?;
+            let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            if complete < tail.len() {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&cp_path)
+                    .map_err(|e| open_err(e.to_string()))?;
+                f.set_len(from + complete as u64)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| open_err(e.to_string()))?;
+                tail.truncate(complete);
+            }
+            let body = &tail[..complete];
+            let start = body[..body.len().saturating_sub(1)]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            body[start..].to_vec()
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(open_err(e.to_string())),
     };
     let (cps, bad) = checkpoint::read(&cp_bytes, &key.verifying_key());
     if let Some(why) = bad {
-        return Err(AuditError::Damaged(why));
+        return Err(AuditError::Damaged(
+            why.replace("checkpoint line 1", "the last checkpoint"),
+        ));
     }
     let Some(&(last_n, _)) = segs.last() else {
         if let Some(cp) = cps.last() {
@@ -386,14 +416,14 @@ fn recover(
         }
         offset = 0;
     }
-    if let Some(cp) = cps.last() {
-        if link.seq < cp.seq {
-            return Err(AuditError::Damaged(format!(
-                "seq {}: the log ends before its signed checkpoint at seq {}",
-                link.seq + 1,
-                cp.seq
-            )));
-        }
+    if let Some(cp) = cps.last()
+        && link.seq < cp.seq
+    {
+        return Err(AuditError::Damaged(format!(
+            "seq {}: the log ends before its signed checkpoint at seq {}",
+            link.seq + 1,
+            cp.seq
+        )));
     }
     Ok((last_n, link, recovery))
 }

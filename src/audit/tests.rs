@@ -47,7 +47,7 @@ async fn records_are_chained_one_per_line_and_resume_after_reopen() {
     let (log, rec) = AuditLog::open(dir.path(), key(), Options::default()).unwrap();
     assert!(rec.is_none());
     let mut r = Record::new(Kind::Request);
-    r.reason = Some("line\nbreak \u{1b}[31m".into());
+    r.reason = Some("line\nbreak \u{1b}[31m del\u{7f} csi\u{9b}2J".into());
     assert_eq!(log.append_durable(r).await.unwrap(), 1);
     assert_eq!(
         log.append_durable(Record::new(Kind::Issued)).await.unwrap(),
@@ -72,8 +72,15 @@ async fn records_are_chained_one_per_line_and_resume_after_reopen() {
     assert_eq!(lines[1]["prev"], lines[0]["hash"]);
     assert_eq!(lines[2]["prev"], lines[1]["hash"]);
     assert_eq!(lines[0]["v"], 1);
-    assert_eq!(lines[0]["reason"], "line\nbreak \u{1b}[31m");
-    assert!(!text.contains('\u{1b}'), "control characters are escaped");
+    assert_eq!(
+        lines[0]["reason"],
+        "line\nbreak \u{1b}[31m del\u{7f} csi\u{9b}2J"
+    );
+    assert!(
+        !text.trim_end().chars().any(|c| c.is_control() && c != '\n'),
+        "every control character is escaped: {text}"
+    );
+    assert_eq!(text.lines().count(), 3, "one record, one line");
     let mode = std::fs::metadata(dir.path().join(segment_name(1)))
         .unwrap()
         .permissions()

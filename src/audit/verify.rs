@@ -11,8 +11,10 @@ use crate::policy::hex;
 /// The hash a log starts its chain from.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// JSON with object keys sorted, compact: the form every record hash and checkpoint signature is
-/// computed over (independent of any map ordering feature of serde_json).
+/// JSON with object keys sorted, compact, and every control character (C0, DEL and C1, which
+/// serde_json leaves raw) escaped as `\uXXXX`: the form every record is written in and every
+/// record hash and checkpoint signature is computed over. A record is therefore always one line
+/// of printable text, and no control character reaches a terminal that shows it.
 pub fn canonical(v: &Value) -> String {
     let mut out = String::new();
     write_canonical(v, &mut out);
@@ -29,7 +31,7 @@ fn write_canonical(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                out.push_str(&Value::String((*k).clone()).to_string());
+                write_string(k, out);
                 out.push(':');
                 write_canonical(&map[*k], out);
             }
@@ -45,8 +47,36 @@ fn write_canonical(v: &Value, out: &mut String) {
             }
             out.push(']');
         }
+        Value::String(text) => write_string(text, out),
         other => out.push_str(&other.to_string()),
     }
+}
+
+fn write_string(text: &str, out: &mut String) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Makes any JSON text safe for a terminal: control characters other than line breaks between
+/// tokens are written as `\uXXXX` (inside strings, which is the only place they can occur).
+pub fn terminal_safe(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_control() && c != '\n' {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// sha256 (hex) of a record's canonical form without its `hash` field.
@@ -163,98 +193,126 @@ pub fn verify(
     checkpoints: &[Checkpoint],
     bad_checkpoint: Option<String>,
 ) -> Report {
-    let mut report = Report {
-        segments: segments.len(),
-        checkpoints: checkpoints.len(),
-        ..Report::default()
-    };
-    let mut link = Link::genesis();
-    let mut by_seq: std::collections::HashMap<u64, &Checkpoint> = std::collections::HashMap::new();
-    let mut last_cp = 0;
-    for cp in checkpoints {
-        if cp.seq <= last_cp && last_cp != 0 {
-            report.problem = Some(format!(
-                "checkpoint at line {} goes back to seq {} after seq {last_cp}",
-                cp.line, cp.seq
-            ));
-            report.first_bad_seq = Some(cp.seq);
-            return report;
-        }
-        last_cp = cp.seq;
-        by_seq.insert(cp.seq, cp);
-    }
-    if let Some(why) = bad_checkpoint {
-        report.problem = Some(why);
-        return report;
-    }
+    let mut v = Verifier::new(checkpoints, bad_checkpoint);
     for (name, bytes) in segments {
+        v.segment(name, bytes);
+    }
+    v.finish()
+}
+
+/// The same check fed one segment at a time, so a large log never has to be in memory at once.
+pub struct Verifier<'c> {
+    by_seq: std::collections::HashMap<u64, &'c Checkpoint>,
+    last_cp: u64,
+    link: Link,
+    report: Report,
+}
+
+impl<'c> Verifier<'c> {
+    pub fn new(checkpoints: &'c [Checkpoint], bad_checkpoint: Option<String>) -> Self {
+        let mut report = Report {
+            checkpoints: checkpoints.len(),
+            ..Report::default()
+        };
+        let mut by_seq = std::collections::HashMap::new();
+        let mut last_cp = 0;
+        for cp in checkpoints {
+            if report.problem.is_none() && last_cp != 0 && cp.seq <= last_cp {
+                report.problem = Some(format!(
+                    "checkpoint at line {} goes back to seq {} after seq {last_cp}",
+                    cp.line, cp.seq
+                ));
+                report.first_bad_seq = Some(cp.seq);
+            }
+            last_cp = last_cp.max(cp.seq);
+            by_seq.insert(cp.seq, cp);
+        }
+        if report.problem.is_none() {
+            report.problem = bad_checkpoint;
+        }
+        Verifier {
+            by_seq,
+            last_cp,
+            link: Link::genesis(),
+            report,
+        }
+    }
+
+    fn fail(&mut self, seq: u64, segment: &str, line: usize, reason: String) {
+        self.report.first_bad_seq = Some(seq);
+        self.report.problem = Some(
+            Problem {
+                seq,
+                segment: segment.to_owned(),
+                line,
+                reason,
+            }
+            .to_string(),
+        );
+    }
+
+    /// Checks the next segment; after the first problem, further segments are ignored.
+    pub fn segment(&mut self, name: &str, bytes: &[u8]) {
+        if self.report.problem.is_some() {
+            return;
+        }
+        self.report.segments += 1;
         let mut start = 0;
         let mut line_no = 0;
         while start < bytes.len() {
             line_no += 1;
-            let end = bytes[start..]
+            let Some(end) = bytes[start..]
                 .iter()
                 .position(|&b| b == b'\n')
-                .map(|i| start + i);
-            let Some(end) = end else {
-                report.first_bad_seq = Some(link.seq + 1);
-                report.problem = Some(
-                    Problem {
-                        seq: link.seq + 1,
-                        segment: name.clone(),
-                        line: line_no,
-                        reason: "the last line is incomplete (a torn write or truncation)".into(),
-                    }
-                    .to_string(),
+                .map(|i| start + i)
+            else {
+                let seq = self.link.seq + 1;
+                self.fail(
+                    seq,
+                    name,
+                    line_no,
+                    "the last line is incomplete (a torn write or truncation)".into(),
                 );
-                return report;
+                return;
             };
-            match check_line(&bytes[start..end], &link) {
+            match check_line(&bytes[start..end], &self.link) {
                 Ok((next, _)) => {
-                    if let Some(cp) = by_seq.get(&next.seq) {
-                        if cp.hash != next.hash {
-                            report.first_bad_seq = Some(next.seq);
-                            report.problem = Some(
-                                Problem {
-                                    seq: next.seq,
-                                    segment: name.clone(),
-                                    line: line_no,
-                                    reason: "does not match its signed checkpoint (the log up to here was rewritten)".into(),
-                                }
-                                .to_string(),
-                            );
-                            return report;
-                        }
+                    if self
+                        .by_seq
+                        .get(&next.seq)
+                        .is_some_and(|cp| cp.hash != next.hash)
+                    {
+                        let reason = "does not match its signed checkpoint (the log up to here was rewritten)".into();
+                        self.fail(next.seq, name, line_no, reason);
+                        return;
                     }
-                    link = next;
-                    report.records += 1;
+                    self.link = next;
+                    self.report.records += 1;
                 }
                 Err(reason) => {
-                    report.first_bad_seq = Some(link.seq + 1);
-                    report.problem = Some(
-                        Problem {
-                            seq: link.seq + 1,
-                            segment: name.clone(),
-                            line: line_no,
-                            reason,
-                        }
-                        .to_string(),
-                    );
-                    return report;
+                    let seq = self.link.seq + 1;
+                    self.fail(seq, name, line_no, reason);
+                    return;
                 }
             }
             start = end + 1;
         }
     }
-    report.last_seq = link.seq;
-    if last_cp > link.seq {
-        report.first_bad_seq = Some(link.seq + 1);
-        report.problem = Some(format!(
-            "the log ends at seq {} but a signed checkpoint covers seq {last_cp} (records were removed from the end)",
-            link.seq
-        ));
-        return report;
+
+    pub fn finish(mut self) -> Report {
+        if self.report.problem.is_some() {
+            return self.report;
+        }
+        self.report.last_seq = self.link.seq;
+        if self.last_cp > self.link.seq {
+            self.report.first_bad_seq = Some(self.link.seq + 1);
+            self.report.problem = Some(format!(
+                "the log ends at seq {} but a signed checkpoint covers seq {} (records were removed from the end)",
+                self.link.seq, self.last_cp
+            ));
+            return self.report;
+        }
+        self.report.uncovered = self.link.seq - self.last_cp;
+        self.report
     }
-    report.uncovered = link.seq - last_cp;
-    report
 }

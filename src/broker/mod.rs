@@ -415,26 +415,26 @@ impl<I: Issuer> Broker<I> {
             Some(s) => Some(s.lock().await),
             None => None,
         };
-        if let Some(Some(entry)) = guard.as_deref() {
-            if servable(
+        if let Some(Some(entry)) = guard.as_deref()
+            && servable(
                 &state.config.cache,
                 entry.credentials.expiration,
                 entry.duration_seconds,
                 clock::unix_now(),
-            ) {
-                let mut r = base(Kind::Delivered);
-                r.request_id = Some(entry.request_id.clone());
-                r.access_key_id = Some(entry.credentials.access_key_id.clone());
-                r.expiration = Some(clock::rfc3339(entry.credentials.expiration));
-                self.audit.append(r)?;
-                return Ok(Issued {
-                    credentials: entry.credentials.clone(),
-                    request_id: entry.request_id.clone(),
-                    agent: grant.agent.clone(),
-                    profile: grant.profile.profile.name.as_str().to_owned(),
-                    cached: true,
-                });
-            }
+            )
+        {
+            let mut r = base(Kind::Delivered);
+            r.request_id = Some(entry.request_id.clone());
+            r.access_key_id = Some(entry.credentials.access_key_id.clone());
+            r.expiration = Some(clock::rfc3339(entry.credentials.expiration));
+            self.audit.append(r)?;
+            return Ok(Issued {
+                credentials: entry.credentials.clone(),
+                request_id: entry.request_id.clone(),
+                agent: grant.agent.clone(),
+                profile: grant.profile.profile.name.as_str().to_owned(),
+                cached: true,
+            });
         }
 
         let request_id = random_id();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use mandate::config;
-use mandate::profile::{ProfileName, check_slug};
+use mandate::profile::ProfileName;
 
 use super::{Exit, config_error, print_bytes};
 
@@ -78,13 +78,17 @@ pub fn run(config_flag: Option<PathBuf>, cmd: AgentCmd) -> Exit {
 
 /// Writes a fresh token atomically (temp file + rename): mode 0600, no trailing newline.
 fn write_token(file: &Path, replace: bool) -> Result<(), String> {
-    if let Some(dir) = file.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| e.to_string())?;
-        }
+    if let Some(dir) = file.parent()
+        && !dir.exists()
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| e.to_string())?;
     }
     if file.exists() && !replace {
         return Err(format!(
@@ -116,7 +120,7 @@ fn add(
     default: Option<String>,
     token_file: Option<PathBuf>,
 ) -> Exit {
-    if let Err(m) = check_slug("agent name", &name) {
+    if let Err(m) = config::check_agent_name(&name) {
         eprintln!("error: {m}");
         return Exit::Usage;
     }
@@ -131,6 +135,12 @@ fn add(
         if let Err(m) = ProfileName::parse(p) {
             eprintln!("error: {m}");
             return Exit::Usage;
+        }
+    }
+    for p in &profiles {
+        if !cfg.profiles_dir.join(format!("{p}.toml")).is_file() {
+            eprintln!("error: no profile {p:?} in {}", cfg.profiles_dir.display());
+            return Exit::NotFound;
         }
     }
     let default = default.unwrap_or_else(|| profiles[0].clone());

@@ -84,15 +84,15 @@ pub fn run(config_flag: Option<PathBuf>, cmd: AuditCmd) -> Exit {
             kind,
             json,
         } => {
-            if let Some(k) = &kind {
-                if !audit::Kind::ALL.contains(&k.as_str()) {
-                    eprintln!(
-                        "error: --kind {}: expected one of {}",
-                        quoted(k),
-                        audit::Kind::ALL.join(", ")
-                    );
-                    return Exit::Usage;
-                }
+            if let Some(k) = &kind
+                && !audit::Kind::ALL.contains(&k.as_str())
+            {
+                eprintln!(
+                    "error: --kind {}: expected one of {}",
+                    quoted(k),
+                    audit::Kind::ALL.join(", ")
+                );
+                return Exit::Usage;
             }
             log_dir(config_flag.as_deref(), log)
                 .map(|dir| tail(&dir, lines, follow, agent, kind, json))
@@ -145,17 +145,18 @@ fn verify_cmd(
         eprintln!("error: cannot read {}: {e}", dir.display());
         Exit::NotFound
     })?;
-    let mut data = Vec::new();
+    let cp = std::fs::read(dir.join(checkpoint::CHECKPOINT_FILE)).unwrap_or_default();
+    let (cps, bad) = checkpoint::read(&cp, &vk);
+    // One segment in memory at a time.
+    let mut verifier = verify::Verifier::new(&cps, bad);
     for (n, p) in segs {
         let bytes = std::fs::read(&p).map_err(|e| {
             eprintln!("error: cannot read {}: {e}", p.display());
             Exit::NotFound
         })?;
-        data.push((audit::segment_name(n), bytes));
+        verifier.segment(&audit::segment_name(n), &bytes);
     }
-    let cp = std::fs::read(dir.join(checkpoint::CHECKPOINT_FILE)).unwrap_or_default();
-    let (cps, bad) = checkpoint::read(&cp, &vk);
-    let report = verify::verify(&data, &cps, bad);
+    let report = verifier.finish();
     let fp = checkpoint::fingerprint(&vk);
     if json {
         let mut v = serde_json::to_value(&report).unwrap_or_default();
@@ -217,7 +218,7 @@ fn matches(v: &serde_json::Value, agent: &Option<String>, kind: &Option<String>)
 fn render(line: &str, json: bool) -> String {
     match serde_json::from_str::<serde_json::Value>(line) {
         // Raw lines are already one-line, escaped JSON.
-        Ok(_) if json => format!("{line}\n"),
+        Ok(_) if json => format!("{}\n", verify::terminal_safe(line)),
         Ok(v) => format!("{}\n", human(&v)),
         Err(_) => format!("(unreadable line: {})\n", quoted(line)),
     }
@@ -269,19 +270,19 @@ fn tail(
     let mut partial = String::new();
     loop {
         std::thread::sleep(Duration::from_millis(250));
-        if let Ok(bytes) = std::fs::read(&path) {
-            if (bytes.len() as u64) > pos {
-                partial.push_str(&String::from_utf8_lossy(&bytes[pos as usize..]));
-                pos = bytes.len() as u64;
-                while let Some(i) = partial.find('\n') {
-                    let line: String = partial.drain(..=i).collect();
-                    let line = line.trim_end();
-                    if serde_json::from_str::<serde_json::Value>(line)
-                        .is_ok_and(|v| matches(&v, &agent, &kind))
-                        && print_bytes(render(line, json).as_bytes()) != Exit::Ok
-                    {
-                        return Exit::Ok;
-                    }
+        if let Ok(bytes) = std::fs::read(&path)
+            && (bytes.len() as u64) > pos
+        {
+            partial.push_str(&String::from_utf8_lossy(&bytes[pos as usize..]));
+            pos = bytes.len() as u64;
+            while let Some(i) = partial.find('\n') {
+                let line: String = partial.drain(..=i).collect();
+                let line = line.trim_end();
+                if serde_json::from_str::<serde_json::Value>(line)
+                    .is_ok_and(|v| matches(&v, &agent, &kind))
+                    && print_bytes(render(line, json).as_bytes()) != Exit::Ok
+                {
+                    return Exit::Ok;
                 }
             }
         }
@@ -313,13 +314,11 @@ fn show(dir: &Path, seq: u64) -> Exit {
             continue;
         }
         for l in text.lines() {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
-                if v["seq"].as_u64() == Some(seq) {
-                    return print_bytes(
-                        format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
-                            .as_bytes(),
-                    );
-                }
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(l)
+                && v["seq"].as_u64() == Some(seq)
+            {
+                let pretty = serde_json::to_string_pretty(&v).unwrap_or_default();
+                return print_bytes(format!("{}\n", verify::terminal_safe(&pretty)).as_bytes());
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use mandate::profile;
@@ -57,7 +57,7 @@ pub fn run(a: InitArgs) -> Exit {
             Err(e) => super::config_error(&e),
         };
     }
-    if let Err(m) = profile::check_slug("agent name", &a.agent) {
+    if let Err(m) = mandate::config::check_agent_name(&a.agent) {
         eprintln!("error: --agent: {m}");
         return Exit::Usage;
     }
@@ -115,15 +115,14 @@ pub fn run(a: InitArgs) -> Exit {
         user,
         user
     ));
-    if let Some(dir) = target.parent() {
-        if let Err(e) = std::fs::DirBuilder::new()
+    if let Some(dir) = target.parent()
+        && let Err(e) = std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-        {
-            eprintln!("error: cannot create {}: {e}", dir.display());
-            return Exit::Internal;
-        }
+    {
+        eprintln!("error: cannot create {}: {e}", dir.display());
+        return Exit::Internal;
     }
     let written = std::fs::OpenOptions::new()
         .write(true)
@@ -131,7 +130,11 @@ pub fn run(a: InitArgs) -> Exit {
         .truncate(true)
         .mode(0o600)
         .open(&target)
-        .and_then(|mut f| f.write_all(toml.as_bytes()));
+        .and_then(|mut f| {
+            // --force over an existing file keeps its old mode otherwise.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            f.write_all(toml.as_bytes())
+        });
     if let Err(e) = written {
         eprintln!("error: cannot write {}: {e}", target.display());
         return Exit::Internal;

@@ -23,6 +23,7 @@ pub fn run(config_flag: Option<PathBuf>) -> Exit {
         Ok(l) => l,
         Err(e) => return config_error(&e),
     };
+    harden_process();
     init_logging(loaded.config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -38,9 +39,43 @@ pub fn run(config_flag: Option<PathBuf>) -> Exit {
     runtime.block_on(serve(path, loaded))
 }
 
+/// No core dumps (they would hold credentials), not dumpable (no ptrace or /proc/PID/environ for
+/// other processes of the same user), and room for many idle connections.
+#[allow(unsafe_code)]
+fn harden_process() {
+    // SAFETY: setrlimit, getrlimit and prctl are plain system calls; every pointer passed is to a
+    // live local value, and failures only leave the defaults in place.
+    unsafe {
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        let mut nofile = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile) == 0
+            && nofile.rlim_cur < nofile.rlim_max
+        {
+            nofile.rlim_cur = nofile.rlim_max.min(65_536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &nofile);
+        }
+    }
+}
+
+/// `MANDATE_LOG` sets the level of mandate's own logs (error, warn, info, debug, trace; default
+/// info). Dependencies always log at warn at most: the AWS SDK's debug and trace output includes
+/// signed request details and response bodies, which would put credentials in the log.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MANDATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let level = std::env::var("MANDATE_LOG")
+        .ok()
+        .filter(|l| matches!(l.as_str(), "error" | "warn" | "info" | "debug" | "trace"));
+    let filter = tracing_subscriber::EnvFilter::new(format!(
+        "warn,mandate={}",
+        level.as_deref().unwrap_or("info")
+    ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -66,6 +101,15 @@ fn warn_shared_uids(c: &Config) {
 
 async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
     let c = loaded.config.clone();
+    // Token files are read (and hashed) before anything is bound.
+    let tokens = Arc::new(mandate::http::Tokens::default());
+    let problems = tokens.refresh(&c);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        return Exit::Invalid;
+    }
     // No audit, no credentials: the log must be usable before anything is bound.
     let key = match mandate::audit::checkpoint::load_key(&c.signing_key()) {
         Ok(k) => k,
@@ -109,15 +153,6 @@ async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
     if let Err(e) = audit.append_durable(started).await {
         eprintln!("error: {e}");
         return Exit::Unavailable;
-    }
-    // Token files are read (and hashed) before anything is bound.
-    let tokens = Arc::new(mandate::http::Tokens::default());
-    let problems = tokens.refresh(&c);
-    if !problems.is_empty() {
-        for p in &problems {
-            eprintln!("error: {p}");
-        }
-        return Exit::Invalid;
     }
     let http_listener = match c.http {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {

@@ -452,9 +452,11 @@ impl Parser<'_> {
                 continue;
             };
             for (ai, (pat, item)) in rule.actions.iter().zip(items.iter()).enumerate() {
-                if let ActionPattern::Exact(a) = pat {
-                    if a.is_destructive() && !p.opts_into(a) {
-                        self.err(
+                if let ActionPattern::Exact(a) = pat
+                    && a.is_destructive()
+                    && !p.opts_into(a)
+                {
+                    self.err(
                             item.span(),
                             &format!("allow[{bi}].actions[{ai}]"),
                             format!(
@@ -463,7 +465,6 @@ impl Parser<'_> {
                                 a.level
                             ),
                         );
-                    }
                 }
             }
         }

@@ -167,6 +167,11 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(dir: &Path, upstream: u16) -> Proxy {
+        Self::start_with(dir, upstream, None)
+    }
+
+    /// With `canaries`, every secret STS returns is swapped for a unique canary written there.
+    pub fn start_with(dir: &Path, upstream: u16, canaries: Option<&Path>) -> Proxy {
         let port = free_port();
         let log = dir.join("assume-role.jsonl");
         let faults = dir.join("faults.json");
@@ -174,6 +179,7 @@ impl Proxy {
             .arg(root().join("tests/harness/recording_proxy.py"))
             .args([port.to_string(), upstream.to_string()])
             .args([&log, &faults])
+            .args(canaries)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -296,6 +302,7 @@ impl Daemon {
         clean_env(&mut cmd);
         cmd.envs(env.iter().copied());
         let child = cmd
+            .env("MANDATE_LOG", "trace")
             .arg("--config")
             .arg(&path)
             .arg("serve")

@@ -1,15 +1,19 @@
 """Recording and fault-injecting HTTP proxy in front of moto (test-only).
 
-usage: recording_proxy.py LISTEN_PORT UPSTREAM_PORT LOG_FILE FAULT_FILE
+usage: recording_proxy.py LISTEN_PORT UPSTREAM_PORT LOG_FILE FAULT_FILE [CANARY_FILE]
 
 Every request whose form body has Action=AssumeRole is appended to LOG_FILE as one JSON line
 with the decoded form parameters, so tests can assert exactly what reached "STS". If FAULT_FILE
 exists, it holds {"status": 503, "code": "ServiceUnavailable", "count": N, "delay": S}: the next
 N AssumeRole requests get that error (or, with "delay", a response after S seconds) instead of
-being forwarded. Binds 127.0.0.1 only.
+being forwarded. With CANARY_FILE, every SecretAccessKey and SessionToken in an AssumeRole
+answer is replaced by a unique canary value, appended to CANARY_FILE (one per line), so a test
+can search everything else for them. Binds 127.0.0.1 only.
 """
 import http.client
 import json
+import re
+import secrets
 import sys
 import threading
 import time
@@ -17,6 +21,23 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LISTEN, UPSTREAM, LOG, FAULTS = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+CANARIES = sys.argv[5] if len(sys.argv) > 5 else None
+
+
+def canary(data):
+    """Swap the secrets in an AssumeRole response for fresh canaries and record them."""
+    text = data.decode()
+    found = []
+
+    def swap(m):
+        value = f"CANARY{m.group(1).upper()}{secrets.token_hex(12)}"
+        found.append(value)
+        return f"<{m.group(1)}>{value}</{m.group(1)}>"
+
+    text = re.sub(r"<(SecretAccessKey|SessionToken)>[^<]*</(?:SecretAccessKey|SessionToken)>", swap, text)
+    with lock, open(CANARIES, "a") as f:
+        f.write("".join(v + "\n" for v in found))
+    return text.encode()
 lock = threading.Lock()
 
 
@@ -67,14 +88,16 @@ class Handler(BaseHTTPRequestHandler):
                     self.end_headers()
                     self.wfile.write(err)
                     return
-        self.forward(body)
+        self.forward(body, assume_role=form.get("Action") == ["AssumeRole"])
 
-    def forward(self, body):
+    def forward(self, body, assume_role=False):
         conn = http.client.HTTPConnection("127.0.0.1", UPSTREAM, timeout=30)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
         conn.request(self.command, self.path, body=body or None, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
+        if assume_role and CANARIES and resp.status == 200:
+            data = canary(data)
         self.send_response(resp.status)
         for k, v in resp.getheaders():
             if k.lower() not in ("transfer-encoding", "content-length", "connection", "server", "date"):

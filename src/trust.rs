@@ -1,0 +1,104 @@
+//! Whether a file the daemon trusts (config, profiles, token files, the signing key) could have
+//! been written by someone else. The daemon refuses to start on any such file, naming it.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+const STICKY: u32 = 0o1000;
+
+fn dir_is_safe(dir: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 && mode & STICKY == 0 {
+        return Err(format!(
+            "{} can be changed by group or others",
+            dir.display()
+        ));
+    }
+    let me = crate::server::effective_uid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!("{} belongs to uid {}", dir.display(), meta.uid()));
+    }
+    Ok(())
+}
+
+/// Refuses `path` (described as `what`) if it, its directory, or (for a symlink) the link's
+/// directory or its target's directory can be written by anyone but root and the daemon's user.
+pub fn trusted_file(path: &Path, what: &str) -> Result<(), String> {
+    let shown = path.display();
+    let real = std::fs::canonicalize(path).map_err(|e| format!("{what} {shown}: {e}"))?;
+    let meta = std::fs::metadata(&real).map_err(|e| format!("{what} {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{what} {shown} is not a regular file"));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(format!(
+            "{what} {shown} is writable by group or others; run chmod go-w on it"
+        ));
+    }
+    let me = crate::server::effective_uid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "{what} {shown} belongs to uid {}; it must belong to root or to the daemon's user (uid {me})",
+            meta.uid()
+        ));
+    }
+    let mut dirs = vec![real.parent().map(Path::to_path_buf)];
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        dirs.push(
+            std::path::absolute(path)
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf)),
+        );
+    }
+    for dir in dirs.into_iter().flatten() {
+        dir_is_safe(&dir).map_err(|why| format!("{what} {shown} is not safe: {why}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn private() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        d
+    }
+
+    #[test]
+    fn refusals_name_the_file() {
+        let d = private();
+        let f = d.path().join("broker.toml");
+        std::fs::write(&f, "x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(trusted_file(&f, "config").is_ok());
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o664)).unwrap();
+        assert_eq!(
+            trusted_file(&f, "config").unwrap_err(),
+            format!(
+                "config {} is writable by group or others; run chmod go-w on it",
+                f.display()
+            )
+        );
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // A symlink into a directory others can write.
+        let open = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let target = open.path().join("evil.toml");
+        std::fs::write(&target, "x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = d.path().join("profile.toml");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = trusted_file(&link, "profile").unwrap_err();
+        assert!(
+            e.starts_with(&format!("profile {} is not safe: ", link.display())),
+            "{e}"
+        );
+        assert!(e.ends_with("can be changed by group or others"), "{e}");
+        // A sticky, world-writable directory (like /tmp) is fine: nobody else can replace files.
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(trusted_file(&link, "profile").is_ok());
+    }
+}

@@ -1,0 +1,248 @@
+//! Secret hygiene: every secret key and session token STS returns is a unique canary (the
+//! recording proxy swaps them in), the daemon logs at trace level, and every interface is
+//! exercised, including failures. Then everything is searched: the daemon's log, every file it
+//! and the clients wrote, the stderr of every command, HTTP error bodies, status and audit
+//! output, and the daemon's argv and environment. A canary may appear only in the responses
+//! meant to carry it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::json;
+
+/// Sorts one command's output: stdout of a success that is meant to carry credentials goes to
+/// `intended`, everything else (stderr always) to `elsewhere`.
+fn record(
+    intended: &mut Vec<String>,
+    elsewhere: &mut Vec<(String, String)>,
+    what: &str,
+    o: Output,
+    ok_carries: bool,
+) {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    if o.status.success() && ok_carries {
+        intended.push(out);
+    } else {
+        elsewhere.push((format!("{what} stdout"), out));
+    }
+    elsewhere.push((
+        format!("{what} stderr"),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    ));
+}
+
+fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            files_under(&p, out);
+        } else if ft.is_file() {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn no_secret_appears_anywhere_but_the_intended_response_bodies() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let canaries = tmp.path().join("canaries.txt");
+    let proxy = Proxy::start_with(tmp.path(), moto.port, Some(&canaries));
+    let port = free_port();
+    let token_file = tmp.path().join("box-token");
+    let token = mandate::http::new_token();
+    std::fs::write(&token_file, &token).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let extra = format!(
+        "\n[agents.box]\nprofiles = [\"readonly\", \"s3-data\"]\ndefault_profile = \"readonly\"\ntoken_file = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+        token_file.display()
+    );
+    let mut d = Daemon::start(&config_text(&proxy.endpoint(), &extra));
+    let pid = d.pid().unwrap();
+
+    // Outputs that are meant to carry credentials, and everything else.
+    let mut intended: Vec<String> = Vec::new();
+    let mut elsewhere: Vec<(String, String)> = Vec::new();
+    record(
+        &mut intended,
+        &mut elsewhere,
+        "credential-process",
+        d.mandate(&["credential-process", "readonly"]),
+        true,
+    );
+    record(
+        &mut intended,
+        &mut elsewhere,
+        "request",
+        d.mandate(&[
+            "request",
+            "s3-data",
+            "--reason",
+            "canary run",
+            "--duration",
+            "20m",
+        ]),
+        true,
+    );
+    record(
+        &mut intended,
+        &mut elsewhere,
+        "env",
+        d.mandate(&["env", "readonly"]),
+        true,
+    );
+    let mut c = Command::new(MANDATE);
+    clean_env(&mut c);
+    record(
+        &mut intended,
+        &mut elsewhere,
+        "exec",
+        c.arg("--config")
+            .arg(&d.config)
+            .args(["exec", "s3-data", "--", "env"])
+            .output()
+            .unwrap(),
+        true,
+    );
+    // Failures of every kind.
+    record(
+        &mut intended,
+        &mut elsewhere,
+        "unbound profile",
+        d.mandate(&["credential-process", "breakglass-admin"]),
+        false,
+    );
+    record(
+        &mut intended,
+        &mut elsewhere,
+        "approval profile",
+        d.mandate(&["credential-process", "deploy-staging"]),
+        false,
+    );
+    record(
+        &mut intended,
+        &mut elsewhere,
+        "bad duration",
+        d.mandate(&["request", "s3-data", "--duration", "9h"]),
+        false,
+    );
+    for (code, status) in [
+        ("ServiceUnavailable", 503),
+        ("Throttling", 400),
+        ("ExpiredToken", 403),
+        ("AccessDenied", 403),
+    ] {
+        proxy.inject(json!({"status": status, "code": code, "count": 3}));
+        record(
+            &mut intended,
+            &mut elsewhere,
+            code,
+            d.mandate(&["request", "s3-data", "--duration", "16m"]),
+            false,
+        );
+    }
+    proxy.inject(json!({"count": 0}));
+    // HTTP: one success, and error bodies.
+    let http = |auth: &str, path: &str| -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let ok = http(&token, "/");
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    intended.push(ok);
+    for (auth, path) in [
+        ("wrong", "/"),
+        (token.as_str(), "/profile/breakglass-admin"),
+        (token.as_str(), "/nope"),
+    ] {
+        elsewhere.push((format!("http {path}"), http(auth, path)));
+    }
+    record(
+        &mut intended,
+        &mut elsewhere,
+        "status",
+        d.mandate(&["status", "--json"]),
+        false,
+    );
+    record(
+        &mut intended,
+        &mut elsewhere,
+        "audit tail",
+        d.mandate(&["audit", "tail", "-n", "1000", "--json"]),
+        false,
+    );
+    // The daemon's argv and environment, read while it runs.
+    for f in ["cmdline", "environ"] {
+        let bytes = std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
+        elsewhere.push((
+            format!("daemon {f}"),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
+    }
+    d.stop();
+    record(
+        &mut intended,
+        &mut elsewhere,
+        "audit verify",
+        d.mandate(&["audit", "verify"]),
+        false,
+    );
+    // Every file under the daemon's directory (log, audit segments, checkpoints, state) and
+    // the test's own scratch files, except the proxy's list of canaries and the token file.
+    let mut files = Vec::new();
+    files_under(d.dir.path(), &mut files);
+    files_under(tmp.path(), &mut files);
+    for f in files
+        .iter()
+        .filter(|f| **f != canaries && **f != token_file)
+    {
+        let bytes = std::fs::read(f).unwrap_or_default();
+        elsewhere.push((
+            f.display().to_string(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
+    }
+
+    let canaries: Vec<String> = std::fs::read_to_string(&canaries)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        canaries.len() >= 6,
+        "the proxy swapped in canaries: {canaries:?}"
+    );
+    assert!(canaries.iter().all(|c| c.starts_with("CANARY")));
+    // The scan can find them: the intended outputs carry them.
+    let carried = canaries
+        .iter()
+        .filter(|c| intended.iter().any(|o| o.contains(c.as_str())))
+        .count();
+    assert!(carried >= 2, "intended outputs carry canaries");
+    assert!(d.log().len() > 1000, "the daemon logged at trace level");
+    let mut hits = Vec::new();
+    for (what, text) in &elsewhere {
+        for c in &canaries {
+            if text.contains(c.as_str()) {
+                hits.push(format!("{c} in {what}"));
+            }
+        }
+        // The agent token is a secret too.
+        if text.contains(&token) {
+            hits.push(format!("the agent token in {what}"));
+        }
+    }
+    assert!(hits.is_empty(), "secrets leaked:\n{}", hits.join("\n"));
+}
