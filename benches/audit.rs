@@ -81,12 +81,7 @@ fn build_log(rt: &tokio::runtime::Runtime, n: u64) -> tempfile::TempDir {
             r.profile = Some("s3-data".into());
             r.access_key_id = Some(format!("ASIA{i:016}"));
             r.request_id = Some(format!("{i:032x}"));
-            loop {
-                match log.append(r.clone()) {
-                    Ok(()) => break,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(1)).await, // queue full
-                }
-            }
+            log.append(r).await.unwrap(); // waits for room when the queue is full
         }
         log.checkpoint_now().await.unwrap();
     });

@@ -384,8 +384,22 @@ pub fn screen(
 }
 
 async fn handle<I: Issuer>(ctx: &Ctx<I>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    // Refusals are recorded (within the per-second budget) once the response is decided.
+    let mut refused: Option<Record> = None;
+    let response = respond(ctx, req, &mut refused).await;
+    if let Some(r) = refused {
+        let _ = ctx.broker.audit().append(r).await;
+    }
+    response
+}
+
+async fn respond<I: Issuer>(
+    ctx: &Ctx<I>,
+    req: Request<Incoming>,
+    refused: &mut Option<Record>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().chars().take(200).collect::<String>();
-    let reject = |status: StatusCode, code: &str, message: &str, agent: Option<&str>| {
+    let mut reject = |status: StatusCode, code: &str, message: &str, agent: Option<&str>| {
         if let Some(suppressed) = ctx.refusals.take() {
             let mut r = refusal(code, message, agent, &path);
             if suppressed > 0 {
@@ -395,7 +409,7 @@ async fn handle<I: Issuer>(ctx: &Ctx<I>, req: Request<Incoming>) -> Response<Ful
                     )
                 });
             }
-            let _ = ctx.broker.audit().append(r);
+            *refused = Some(r);
         }
         error(status, code, message)
     };

@@ -524,12 +524,33 @@ impl AuditLog {
             .unwrap_or_else(|_| Err(AuditError::Unavailable("the writer stopped".into())))
     }
 
-    /// Appends without waiting; the writer syncs it with its batch, at once.
-    pub fn append(&self, record: Record) -> Result<(), AuditError> {
-        self.send(Job {
+    /// Appends without waiting for the fsync; the writer syncs it with its batch, at once. If
+    /// the queue is full the caller waits for room (back-pressure) for up to a second before
+    /// the append fails, so a burst slows callers down instead of failing them.
+    pub async fn append(&self, record: Record) -> Result<(), AuditError> {
+        let mut job = Job {
             record: Some(record),
             ack: None,
-        })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            if self.is_failed() {
+                return Err(AuditError::Unavailable("an earlier write failed".into()));
+            }
+            match self.tx.try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(j)) if std::time::Instant::now() < deadline => {
+                    job = j;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Full(_)) => {
+                    return Err(AuditError::Unavailable("the writer is overloaded".into()));
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(AuditError::Unavailable("the writer stopped".into()));
+                }
+            }
+        }
     }
 }
 

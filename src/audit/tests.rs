@@ -199,7 +199,7 @@ async fn runtime_write_failures_stop_everything_and_are_not_retried() {
         .await
         .unwrap_err();
     assert!(e.to_string().starts_with("audit unavailable"), "{e}");
-    assert!(log.append(Record::new(Kind::Delivered)).is_err());
+    assert!(log.append(Record::new(Kind::Delivered)).await.is_err());
 }
 
 /// The tamper corpus: every kind of edit is detected, naming the first bad seq.

@@ -427,7 +427,7 @@ impl<I: Issuer> Broker<I> {
             r.request_id = Some(entry.request_id.clone());
             r.access_key_id = Some(entry.credentials.access_key_id.clone());
             r.expiration = Some(clock::rfc3339(entry.credentials.expiration));
-            self.audit.append(r)?;
+            self.audit.append(r).await?;
             return Ok(Issued {
                 credentials: entry.credentials.clone(),
                 request_id: entry.request_id.clone(),
