@@ -3,7 +3,7 @@
 //! are bounded.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,15 +47,7 @@ pub fn bind(socket: &Path) -> Result<UnixListener, ListenError> {
         dir: dir.display().to_string(),
         reason,
     };
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| dir_err(e.to_string()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| dir_err(e.to_string()))?;
-    }
+    crate::trust::create_private_dir(dir).map_err(dir_err)?;
     let meta = std::fs::metadata(dir).map_err(|e| dir_err(e.to_string()))?;
     // The directory must be ours (or root's) and private.
     let me = effective_uid();

@@ -57,6 +57,22 @@ pub fn trusted_file(path: &Path, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Creates `dir` (and missing parents) with mode 0700 whatever the umask; an existing
+/// directory is left as it is.
+pub fn create_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

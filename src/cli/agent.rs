@@ -78,17 +78,8 @@ pub fn run(config_flag: Option<PathBuf>, cmd: AgentCmd) -> Exit {
 
 /// Writes a fresh token atomically (temp file + rename): mode 0600, no trailing newline.
 fn write_token(file: &Path, replace: bool) -> Result<(), String> {
-    if let Some(dir) = file.parent()
-        && !dir.exists()
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| e.to_string())?;
+    if let Some(dir) = file.parent() {
+        mandate::trust::create_private_dir(dir)?;
     }
     if file.exists() && !replace {
         return Err(format!(

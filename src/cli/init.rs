@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use mandate::profile;
@@ -116,12 +116,9 @@ pub fn run(a: InitArgs) -> Exit {
         user
     ));
     if let Some(dir) = target.parent()
-        && let Err(e) = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
+        && let Err(e) = mandate::trust::create_private_dir(dir)
     {
-        eprintln!("error: cannot create {}: {e}", dir.display());
+        eprintln!("error: {e}");
         return Exit::Internal;
     }
     let written = std::fs::OpenOptions::new()
@@ -173,17 +170,8 @@ pub fn run(a: InitArgs) -> Exit {
 /// Creates the state directory and the audit directory (0700) and the checkpoint signing key
 /// (0600, with its public half beside it) if they are missing.
 fn prepare_state(c: &mandate::config::Config) -> Result<String, String> {
-    use std::os::unix::fs::PermissionsExt;
     for dir in [&c.state_dir, &c.audit_dir()] {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
-        }
+        mandate::trust::create_private_dir(dir)?;
     }
     mandate::audit::check_dir(&c.audit_dir()).map_err(|e| e.to_string())?;
     let key = c.signing_key();
