@@ -22,7 +22,7 @@ struct Box {
 }
 
 /// A daemon with [http] on a free loopback port and two HTTP agents made by `mandate agent add`:
-/// `box` (readonly, s3-data; default readonly) and `other` (readonly).
+/// `box` (readonly, s3-data, deploy-staging; default readonly) and `other` (readonly).
 fn start() -> Box {
     let moto = Moto::start();
     let port = free_port();
@@ -37,7 +37,7 @@ fn start() -> Box {
     let token_file = tokens.join("box");
     let other_token_file = tokens.join("other");
     for (name, profiles, file) in [
-        ("box", "readonly,s3-data", &token_file),
+        ("box", "readonly,s3-data,deploy-staging", &token_file),
         ("other", "readonly", &other_token_file),
     ] {
         let mut c = Command::new(MANDATE);
@@ -285,7 +285,7 @@ fn hostile_and_wrong_requests_get_the_documented_4xx_no_credential_and_an_audit_
                 &auth(&good),
             ),
             403,
-            "not_bound",
+            "approval_required",
         ),
         (
             "Host: evil.example",
