@@ -340,3 +340,40 @@ fn a_full_audit_log_at_runtime_stops_issuance_before_sts() {
         issued
     );
 }
+
+#[test]
+fn audit_tail_follow_prints_new_records_as_they_are_written() {
+    use std::io::BufRead;
+    let moto = Moto::start();
+    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let mut c = Command::new(MANDATE);
+    clean_env(&mut c);
+    let mut child = c
+        .arg("--config")
+        .arg(&d.config)
+        .args([
+            "audit", "tail", "-f", "-n", "0", "--kind", "issued", "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let out = d.mandate(&["credential-process", "s3-data"]);
+    assert_eq!(out.status.code(), Some(0));
+    let key: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("tail -f printed the new record");
+    let rec: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(rec["kind"], "issued");
+    assert_eq!(rec["access_key_id"], key["AccessKeyId"]);
+    let _ = child.kill();
+    let _ = child.wait();
+}
