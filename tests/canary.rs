@@ -63,7 +63,15 @@ fn no_secret_appears_anywhere_but_the_intended_response_bodies() {
         "\n[agents.box]\nprofiles = [\"readonly\", \"s3-data\"]\ndefault_profile = \"readonly\"\ntoken_file = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
         token_file.display()
     );
-    let mut d = Daemon::start(&config_text(&proxy.endpoint(), &extra));
+    // The most verbose log level there is.
+    let mut d = Daemon::start_with_env(
+        &config_text(&proxy.endpoint(), &extra),
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("MANDATE_LOG", "trace"),
+        ],
+    );
     let pid = d.pid().unwrap();
 
     // Outputs that are meant to carry credentials, and everything else.

@@ -358,6 +358,7 @@ impl<I: Issuer> Broker<I> {
         let grant = match authorize(&state, &caller, &req) {
             Decision::Granted(g) => g,
             Decision::Denied(d) => {
+                tracing::debug!(uid = ?caller.uid(), profile = %req.profile, code = d.code.as_str(), "denied");
                 let mut r = Record::new(Kind::Denied);
                 r.agent = d.agent.clone();
                 r.uid = caller.uid();
@@ -428,6 +429,13 @@ impl<I: Issuer> Broker<I> {
             r.access_key_id = Some(entry.credentials.access_key_id.clone());
             r.expiration = Some(clock::rfc3339(entry.credentials.expiration));
             self.audit.append(r).await?;
+            tracing::debug!(
+                agent = %grant.agent,
+                profile = %grant.profile.profile.name,
+                request_id = %entry.request_id,
+                access_key_id = %entry.credentials.access_key_id,
+                "delivered a cached session"
+            );
             return Ok(Issued {
                 credentials: entry.credentials.clone(),
                 request_id: entry.request_id.clone(),
@@ -525,6 +533,14 @@ impl<I: Issuer> Broker<I> {
                 });
             }
         }
+        tracing::debug!(
+            agent = %grant.agent,
+            profile = %p.name,
+            request_id = %request_id,
+            access_key_id = %creds.access_key_id,
+            duration_seconds = grant.duration_seconds,
+            "issued a new session"
+        );
         Ok(Issued {
             credentials: creds,
             request_id,

@@ -302,7 +302,6 @@ impl Daemon {
         clean_env(&mut cmd);
         cmd.envs(env.iter().copied());
         let child = cmd
-            .env("MANDATE_LOG", "trace")
             .arg("--config")
             .arg(&path)
             .arg("serve")
