@@ -99,14 +99,7 @@ fn verify_tail_show_and_tampering_through_the_cli() {
         stderr(&out),
         "audit log DAMAGED: seq 4 (audit-000001.jsonl line 4): the record does not match its hash (it was edited)\n"
     );
-    let mut c = Command::new(MANDATE);
-    clean_env(&mut c);
-    let out = c
-        .arg("--config")
-        .arg(&d.config)
-        .arg("serve")
-        .output()
-        .unwrap();
+    let out = mandate_at(&d.config).arg("serve").output().unwrap();
     assert_eq!(out.status.code(), Some(6));
     assert!(
         stderr(&out).contains(
@@ -123,25 +116,15 @@ fn the_daemon_refuses_to_start_without_a_private_audit_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("broker.toml");
     std::fs::write(&cfg, config_text("http://127.0.0.1:9", "")).unwrap();
-    let serve = || {
-        let mut c = Command::new(MANDATE);
-        clean_env(&mut c);
-        c.env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing");
-        c.arg("--config").arg(&cfg).arg("serve").output().unwrap()
-    };
-    let out = serve();
-    assert_eq!(out.status.code(), Some(6));
+    let (code, err) = serve_once(&cfg);
+    assert_eq!(code, Some(6));
     assert!(
-        stderr(&out).contains("signing key") && stderr(&out).contains("run `mandate init`"),
+        err.contains("signing key") && err.contains("run `mandate init`"),
         "{}",
-        stderr(&out)
+        err
     );
-    let mut c = Command::new(MANDATE);
-    clean_env(&mut c);
     assert!(
-        c.arg("--config")
-            .arg(&cfg)
+        mandate_at(&cfg)
             .arg("init")
             .output()
             .unwrap()
@@ -150,21 +133,17 @@ fn the_daemon_refuses_to_start_without_a_private_audit_directory() {
     );
     let audit = tmp.path().join("state/audit");
     std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = serve();
-    assert_eq!(out.status.code(), Some(6));
+    let (code, err) = serve_once(&cfg);
+    assert_eq!(code, Some(6));
     assert!(
-        stderr(&out).contains("mode 755 lets others in; chmod 700 it"),
+        err.contains("mode 755 lets others in; chmod 700 it"),
         "{}",
-        stderr(&out)
+        err
     );
     std::fs::remove_dir(&audit).unwrap();
-    let out = serve();
-    assert_eq!(out.status.code(), Some(6));
-    assert!(
-        stderr(&out).contains("create it with `mandate init`"),
-        "{}",
-        stderr(&out)
-    );
+    let (code, err) = serve_once(&cfg);
+    assert_eq!(code, Some(6));
+    assert!(err.contains("create it with `mandate init`"), "{}", err);
     assert!(
         !tmp.path().join("run/mandate.sock").exists(),
         "nothing was bound"
@@ -346,11 +325,7 @@ fn audit_tail_follow_prints_new_records_as_they_are_written() {
     use std::io::BufRead;
     let moto = Moto::start();
     let d = Daemon::start(&config_text(&moto.endpoint(), ""));
-    let mut c = Command::new(MANDATE);
-    clean_env(&mut c);
-    let mut child = c
-        .arg("--config")
-        .arg(&d.config)
+    let mut child = mandate_at(&d.config)
         .args([
             "audit", "tail", "-f", "-n", "0", "--kind", "issued", "--json",
         ])

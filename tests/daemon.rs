@@ -246,10 +246,7 @@ fn two_hundred_concurrent_cold_requests_cause_exactly_one_assume_role() {
         .map(|_| {
             let config = d.config.clone();
             std::thread::spawn(move || {
-                let mut c = std::process::Command::new(MANDATE);
-                clean_env(&mut c);
-                c.arg("--config")
-                    .arg(config)
+                mandate_at(&config)
                     .args(["credential-process", "s3-data"])
                     .output()
                     .unwrap()
@@ -441,11 +438,7 @@ fn the_daemon_not_running_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("broker.toml");
     std::fs::write(&cfg, config_text("http://127.0.0.1:9", "")).unwrap();
-    let mut c = std::process::Command::new(MANDATE);
-    clean_env(&mut c);
-    let out = c
-        .arg("--config")
-        .arg(&cfg)
+    let out = mandate_at(&cfg)
         .args(["credential-process", "readonly"])
         .output()
         .unwrap();
@@ -606,9 +599,7 @@ fn serve_refuses_bad_config_before_binding_anything() {
             .replace("[roles.admin]", "[roles.admin]\nmax_sesion = \"1h\""),
     )
     .unwrap();
-    let mut c = std::process::Command::new(MANDATE);
-    clean_env(&mut c);
-    let out = c.arg("--config").arg(&cfg).arg("serve").output().unwrap();
+    let out = mandate_at(&cfg).arg("serve").output().unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(
         stderr(&out)
@@ -670,11 +661,7 @@ fn init_writes_a_config_that_serve_accepts() {
     let moto = Moto::start();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("conf/broker.toml");
-    let mut c = std::process::Command::new(MANDATE);
-    clean_env(&mut c);
-    let out = c
-        .arg("--config")
-        .arg(&cfg)
+    let out = mandate_at(&cfg)
         .args(["init", "--profiles"])
         .arg(root().join("profiles"))
         .args(["--role-arn", ROLE_ARN, "--agent", "dev"])
@@ -695,9 +682,7 @@ fn init_writes_a_config_that_serve_accepts() {
     );
     // Run again: keeps the config, reuses the key.
     let before = std::fs::read(&cfg).unwrap();
-    let mut c = std::process::Command::new(MANDATE);
-    clean_env(&mut c);
-    let again = c.arg("--config").arg(&cfg).args(["init"]).output().unwrap();
+    let again = mandate_at(&cfg).args(["init"]).output().unwrap();
     assert_eq!(again.status.code(), Some(0));
     assert!(stdout(&again).contains("exists (kept; --force rewrites it)"));
     assert!(stdout(&again).contains("uses the checkpoint signing key"));

@@ -88,16 +88,6 @@ fn every_file_the_broker_creates_has_its_exact_mode_under_umask_000() {
     assert_eq!(mode(&fresh.path().join("conf/state")), 0o700);
 }
 
-/// Starts `mandate serve` on a config and returns (exit code, stderr) once it gives up.
-fn serve_once(config: &Path) -> (Option<i32>, String) {
-    let mut c = Command::new(MANDATE);
-    clean_env(&mut c);
-    c.env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing");
-    let out = c.arg("--config").arg(config).arg("serve").output().unwrap();
-    (out.status.code(), stderr(&out))
-}
-
 #[test]
 fn the_daemon_refuses_files_others_can_write_naming_them() {
     let tmp = tempfile::tempdir().unwrap();
@@ -128,11 +118,8 @@ fn the_daemon_refuses_files_others_can_write_naming_them() {
         token.display()
     );
     std::fs::write(&cfg, &text).unwrap();
-    let mut init = Command::new(MANDATE);
-    clean_env(&mut init);
     assert!(
-        init.arg("--config")
-            .arg(&cfg)
+        mandate_at(&cfg)
             .arg("init")
             .output()
             .unwrap()

@@ -40,11 +40,7 @@ fn start() -> Box {
         ("box", "readonly,s3-data,deploy-staging", &token_file),
         ("other", "readonly", &other_token_file),
     ] {
-        let mut c = Command::new(MANDATE);
-        clean_env(&mut c);
-        let out = c
-            .arg("--config")
-            .arg(&cfg)
+        let out = mandate_at(&cfg)
             .args(["agent", "add", name, "--profiles", profiles, "--token-file"])
             .arg(file)
             .output()

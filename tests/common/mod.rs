@@ -134,6 +134,28 @@ impl Moto {
     }
 }
 
+/// `mandate --config CONFIG` with a clean environment, ready for more arguments.
+pub fn mandate_at(config: &Path) -> Command {
+    let mut c = Command::new(MANDATE);
+    clean_env(&mut c);
+    c.arg("--config").arg(config);
+    c
+}
+
+/// Runs `mandate serve` with test base credentials until it gives up; (exit code, stderr).
+pub fn serve_once(config: &Path) -> (Option<i32>, String) {
+    let out = mandate_at(config)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .arg("serve")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The AWS CLI from .venv with a clean environment (no credentials of the test runner's).
 pub fn aws_cli() -> Command {
     let mut c = Command::new(venv("aws"));
@@ -389,13 +411,7 @@ impl Daemon {
 
     /// `mandate --config … ARGS` as a client.
     pub fn mandate(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(MANDATE);
-        clean_env(&mut c);
-        c.arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap()
+        mandate_at(&self.config).args(args).output().unwrap()
     }
 
     pub fn audit(&self) -> Vec<serde_json::Value> {
