@@ -158,6 +158,7 @@ fn main() {
         agent: None,
         reason: None,
         duration_seconds: None,
+        approval_id: None,
     };
     for clients in [1, 4, 16, 64] {
         let count = Arc::new(AtomicU64::new(0));

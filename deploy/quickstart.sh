@@ -7,7 +7,9 @@
 #   3. starts `mandate serve` with the example profiles;
 #   4. runs an agent's AWS CLI command through credential_process and shows the scoped session
 #      identity, the session policy STS received, and the audit records;
-#   5. stops everything it started (also on failure or Ctrl-C).
+#   5. the Kiro scenario: the agent asks for a destructive capability and gets a pending request
+#      id, a human approves, the agent proceeds; the human revokes it (also at AWS) and it stops;
+#   6. stops everything it started (also on failure or Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -71,7 +73,14 @@ arn = "arn:aws:iam::123456789012:role/agent-role"
 arn = "arn:aws:iam::123456789012:role/agent-role"
 
 [agents.quickstart]
-profiles = ["readonly", "s3-data"]
+profiles = ["readonly", "s3-data", "deploy-staging"]
+uids = [$(id -u)]
+operator = "you"
+
+# The human who approves. Here it is you, on the same uid as the agent, so approval is
+# advisory (the daemon says so at start); in real use run the agent as another uid or in a
+# container with the sidecar.
+[approvers.you]
 uids = [$(id -u)]
 TOML
 
@@ -89,6 +98,10 @@ cat >"$work/aws-config" <<INI
 [profile agent]
 credential_process = $mandate --config $work/broker.toml credential-process readonly
 region = us-east-1
+
+[profile deployer]
+credential_process = $mandate --config $work/broker.toml credential-process deploy-staging
+region = us-east-1
 INI
 agent_env=(env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY AWS_CONFIG_FILE="$work/aws-config"
   AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true)
@@ -105,7 +118,37 @@ for r in roles:
     print("policy :", r["policy"][:300] + ("..." if len(r["policy"]) > 300 else ""))'
 
 say "a profile the agent is not bound to is refused (and audited)"
-"$mandate" --config "$work/broker.toml" credential-process deploy-staging || echo "(exit code $?)"
+"$mandate" --config "$work/broker.toml" credential-process breakglass-admin || echo "(exit code $?)"
+
+m() { "$mandate" --config "$work/broker.toml" "$@"; }
+
+say "the Kiro scenario: the agent asks for a destructive capability (deploy-staging may delete stacks)"
+set +e
+"${agent_env[@]}" .venv/bin/aws --endpoint-url "$endpoint" sts get-caller-identity --profile deployer 2>"$work/pending.txt"
+echo "(exit code $?)"
+set -e
+cat "$work/pending.txt"
+id=$(sed -n 's/.*request \([0-9a-f]\{16\}\) is pending.*/\1/p' "$work/pending.txt" | head -1)
+[ -n "$id" ] || { echo "no pending request id"; exit 1; }
+
+say "a human looks at the request and approves it: mandate approvals list; mandate approve $id"
+m approvals list
+m approve "$id" --note "reviewed: staging stack update"
+
+say "the agent proceeds with the approved, scoped session"
+"${agent_env[@]}" .venv/bin/aws --endpoint-url "$endpoint" sts get-caller-identity --profile deployer
+
+say "the human revokes the agent, also at AWS: mandate revoke --agent quickstart --aws"
+m revoke --agent quickstart --aws
+echo "the inline policy now on the role (AWS applies it within minutes):"
+.venv/bin/aws --endpoint-url "$endpoint" iam get-role-policy --role-name agent-role \
+  --policy-name mandate-revocations --query PolicyDocument --output json
+
+say "the agent is stopped: its next call gets nothing"
+set +e
+"${agent_env[@]}" .venv/bin/aws --endpoint-url "$endpoint" sts get-caller-identity --profile deployer
+echo "(exit code $?)"
+set -e
 
 say "the audit log: mandate audit tail, then mandate audit verify"
 "$mandate" --config "$work/broker.toml" audit tail

@@ -78,6 +78,7 @@ pub trait Issuer: Send + Sync + 'static {
 /// AssumeRole through aws-sdk-sts, with base credentials from the SDK's default chain.
 pub struct SdkIssuer {
     client: aws_sdk_sts::Client,
+    conf: aws_config::SdkConfig,
     /// The base credentials are themselves temporary (sessions are then capped at 1 h).
     pub base_is_temporary: bool,
 }
@@ -113,7 +114,151 @@ impl SdkIssuer {
             .map_err(|e| StsError::InvalidBaseCredentials(first_line(&e.to_string())))?;
         Ok(SdkIssuer {
             client: aws_sdk_sts::Client::new(&conf),
+            conf: conf.clone(),
             base_is_temporary: creds.session_token().is_some(),
+        })
+    }
+}
+
+impl SdkIssuer {
+    /// An IAM client with the same base credentials, region and endpoint.
+    pub fn revoker(&self) -> SdkRevoker {
+        SdkRevoker {
+            iam: aws_sdk_iam::Client::new(&self.conf),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("IAM {op} on role {role} failed: {message}")]
+pub struct IamError {
+    pub op: &'static str,
+    pub role: String,
+    pub message: String,
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Writes (or removes) the broker's revocation policy on a role, so that sessions already
+/// issued are denied at AWS.
+pub trait Revoker: Send + Sync + 'static {
+    fn put_role_policy<'a>(
+        &'a self,
+        role_name: &'a str,
+        policy_name: &'a str,
+        document: &'a str,
+    ) -> BoxFuture<'a, Result<(), IamError>>;
+    /// Removes the policy; absent is fine.
+    fn delete_role_policy<'a>(
+        &'a self,
+        role_name: &'a str,
+        policy_name: &'a str,
+    ) -> BoxFuture<'a, Result<(), IamError>>;
+}
+
+/// The real thing: aws-sdk-iam PutRolePolicy / DeleteRolePolicy.
+pub struct SdkRevoker {
+    iam: aws_sdk_iam::Client,
+}
+
+impl Revoker for SdkRevoker {
+    fn put_role_policy<'a>(
+        &'a self,
+        role_name: &'a str,
+        policy_name: &'a str,
+        document: &'a str,
+    ) -> BoxFuture<'a, Result<(), IamError>> {
+        Box::pin(async move {
+            self.iam
+                .put_role_policy()
+                .role_name(role_name)
+                .policy_name(policy_name)
+                .policy_document(document)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| IamError {
+                    op: "PutRolePolicy",
+                    role: role_name.to_owned(),
+                    message: iam_message(&e),
+                })
+        })
+    }
+
+    fn delete_role_policy<'a>(
+        &'a self,
+        role_name: &'a str,
+        policy_name: &'a str,
+    ) -> BoxFuture<'a, Result<(), IamError>> {
+        Box::pin(async move {
+            match self
+                .iam
+                .delete_role_policy()
+                .role_name(role_name)
+                .policy_name(policy_name)
+                .send()
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.code() == Some("NoSuchEntity") => Ok(()),
+                Err(e) => Err(IamError {
+                    op: "DeleteRolePolicy",
+                    role: role_name.to_owned(),
+                    message: iam_message(&e),
+                }),
+            }
+        })
+    }
+}
+
+fn iam_message<E: ProvideErrorMetadata + std::error::Error>(e: &E) -> String {
+    match (e.code(), e.message()) {
+        (Some(c), Some(m)) => first_line(&format!("{c}: {m}")),
+        (Some(c), None) => c.to_owned(),
+        _ => first_line(&aws_smithy_error_chain(e)),
+    }
+}
+
+fn aws_smithy_error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A revoker for brokers without AWS revocation (and tests): always refuses.
+pub struct NoRevoker;
+
+impl Revoker for NoRevoker {
+    fn put_role_policy<'a>(
+        &'a self,
+        role_name: &'a str,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<(), IamError>> {
+        Box::pin(async move {
+            Err(IamError {
+                op: "PutRolePolicy",
+                role: role_name.to_owned(),
+                message: "this broker has no IAM client".into(),
+            })
+        })
+    }
+    fn delete_role_policy<'a>(
+        &'a self,
+        role_name: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<(), IamError>> {
+        Box::pin(async move {
+            Err(IamError {
+                op: "DeleteRolePolicy",
+                role: role_name.to_owned(),
+                message: "this broker has no IAM client".into(),
+            })
         })
     }
 }

@@ -12,7 +12,8 @@ use toml::de::{DeTable, DeValue};
 use crate::diag::{Diagnostic, quoted};
 use crate::policy::{self, CompiledProfile};
 use crate::profile::{
-    self, ProfileError, ProfileName, RoleName, SessionDuration, check_slug, parse_duration,
+    self, Approval, ProfileError, ProfileName, RoleName, SessionDuration, check_slug,
+    parse_duration,
 };
 use crate::toml_walk::{self, Walker};
 
@@ -130,6 +131,60 @@ impl Default for CachePolicy {
     }
 }
 
+/// How long approval requests and approvals live, and how many may be open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApprovalPolicy {
+    /// A request nobody decided within this is expired.
+    pub pending_ttl: Duration,
+    /// An approval not used within this of being granted is void.
+    pub use_within: Duration,
+    /// Pending requests one agent may have open at once.
+    pub max_pending: usize,
+}
+
+impl Default for ApprovalPolicy {
+    fn default() -> Self {
+        ApprovalPolicy {
+            pending_ttl: Duration::from_secs(15 * 60),
+            use_within: Duration::from_secs(10 * 60),
+            max_pending: 5,
+        }
+    }
+}
+
+/// Per-agent circuit breakers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// New sessions (STS calls) per agent per `window`; cached deliveries do not count.
+    pub max_issuances: u32,
+    /// Unexpired sessions per agent.
+    pub max_live_sessions: u32,
+    /// Denied or rejected requests per agent per `window` that trip the breaker.
+    pub breaker_denials: u32,
+    pub window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_issuances: 60,
+            max_live_sessions: 20,
+            breaker_denials: 20,
+            window: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Where pending approvals and tripped breakers are announced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Notify {
+    /// argv of a command that gets the event as JSON on stdin.
+    pub command: Option<Vec<String>>,
+    /// A URL the event is POSTed to as JSON.
+    pub webhook: Option<String>,
+    pub timeout: Duration,
+}
+
 /// The validated broker config.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -147,6 +202,9 @@ pub struct Config {
     pub agents: BTreeMap<String, Agent>,
     pub approvers: BTreeMap<String, Approver>,
     pub audit: crate::audit::Options,
+    pub approvals: ApprovalPolicy,
+    pub limits: Limits,
+    pub notify: Notify,
     /// The container-credentials endpoint, if enabled.
     pub http: Option<std::net::SocketAddr>,
 }
@@ -157,9 +215,48 @@ impl Config {
         self.state_dir.join("audit")
     }
 
+    /// The approval store (approvals, revocations, breaker trips, the pause).
+    pub fn store_path(&self) -> PathBuf {
+        self.state_dir.join("approvals.db")
+    }
+
     /// The checkpoint signing key (created by `mandate init`).
     pub fn signing_key(&self) -> PathBuf {
         self.state_dir.join("signing.key")
+    }
+
+    /// Approvers who may count toward an agent's two-person rule.
+    pub fn peer_approvers<'a>(&'a self, agent: &'a Agent) -> impl Iterator<Item = &'a Approver> {
+        self.approvers.values().filter(move |a| {
+            agent.operator.as_deref() != Some(a.name.as_str())
+                && !a.uids.iter().any(|u| agent.uids.contains(u))
+        })
+    }
+
+    /// Agents whose operator shares one of their uids: there, approval is advisory (design §6,
+    /// invariant 7). One line per agent, for the daemon to log at start.
+    pub fn advisory_approvals(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for agent in self.agents.values() {
+            let Some(op) = agent.operator.as_ref().and_then(|o| self.approvers.get(o)) else {
+                continue;
+            };
+            if let Some(uid) = op.uids.iter().find(|u| agent.uids.contains(u)) {
+                out.push(format!(
+                    "agent {} and its operator {} share uid {uid}: operator approval for this agent is advisory, not a boundary (run the agent as another uid or in a container with the sidecar)",
+                    agent.name, op.name
+                ));
+            }
+        }
+        out
+    }
+
+    /// The approvers a socket uid speaks for.
+    pub fn approvers_for_uid(&self, uid: u32) -> Vec<&Approver> {
+        self.approvers
+            .values()
+            .filter(|a| a.uids.contains(&uid))
+            .collect()
     }
 
     /// The agent a peer uid may speak for. With `requested`, the uid must be one of that agent's;
@@ -191,7 +288,25 @@ pub struct Loaded {
     pub profiles: BTreeMap<String, CompiledProfile>,
 }
 
-const TOP: [&str; 6] = ["broker", "audit", "roles", "agents", "approvers", "http"];
+const TOP: [&str; 9] = [
+    "broker",
+    "audit",
+    "roles",
+    "agents",
+    "approvers",
+    "http",
+    "approvals",
+    "limits",
+    "notify",
+];
+const APPROVAL_KEYS: [&str; 3] = ["pending_ttl", "use_within", "max_pending"];
+const LIMIT_KEYS: [&str; 4] = [
+    "max_issuances",
+    "max_live_sessions",
+    "breaker_denials",
+    "window",
+];
+const NOTIFY_KEYS: [&str; 3] = ["command", "webhook", "timeout"];
 const AUDIT_KEYS: [&str; 4] = [
     "rotate_bytes",
     "checkpoint_every",
@@ -216,7 +331,7 @@ const AGENT_KEYS: [&str; 5] = [
     "token_file",
     "default_profile",
 ];
-const TABLES: &str = "[broker], [audit], [roles.NAME], [agents.NAME] or [approvers.NAME]";
+const TABLES: &str = "[broker], [audit], [roles.NAME], [agents.NAME], [approvers.NAME], [http], [approvals], [limits] or [notify]";
 
 /// Reads and parses only the config file (what clients need: the socket path), without the
 /// profiles.
@@ -322,11 +437,55 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             }
         }
     }
+    diags.extend(approval_problems(&config, &profiles, &label));
     if diags.is_empty() {
         Ok(Loaded { config, profiles })
     } else {
         Err(ConfigError::Invalid(diags))
     }
+}
+
+/// Every agent bound to a profile that needs approval must have someone who can give it.
+fn approval_problems(
+    config: &Config,
+    profiles: &BTreeMap<String, CompiledProfile>,
+    label: &str,
+) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    for agent in config.agents.values() {
+        for p in &agent.profiles {
+            let Some(c) = profiles.get(p.as_str()) else {
+                continue;
+            };
+            match c.profile.approval {
+                Approval::None => {}
+                Approval::Operator => {
+                    if agent.operator.is_none() {
+                        diags.push(Diagnostic::whole_file(
+                            label,
+                            format!(
+                                "agents.{}: profile {p} needs its operator's approval, but the agent has no operator (set operator = \"NAME\" to one of [approvers])",
+                                agent.name
+                            ),
+                        ));
+                    }
+                }
+                Approval::Peers(n) => {
+                    let eligible = config.peer_approvers(agent).count();
+                    if eligible < usize::from(n) {
+                        diags.push(Diagnostic::whole_file(
+                            label,
+                            format!(
+                                "agents.{}: profile {p} needs {n} peer approvers, but only {eligible} qualify (the operator and approvers sharing a uid with the agent never count)",
+                                agent.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    diags
 }
 
 /// Parses the config text. Relative paths are resolved against `base` (the config's directory).
@@ -406,6 +565,24 @@ impl ConfigParser<'_> {
         }
     }
 
+    fn int(&mut self, v: &Spanned<DeValue<'_>>, path: &str, min: u64, max: u64) -> Option<u64> {
+        match v
+            .get_ref()
+            .as_integer()
+            .and_then(|i| i.as_str().parse::<u64>().ok())
+        {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.w.err(
+                    v.span(),
+                    path,
+                    format!("expected an integer from {min} to {max}"),
+                );
+                None
+            }
+        }
+    }
+
     fn uids(&mut self, v: &Spanned<DeValue<'_>>, path: &str) -> Option<Vec<u32>> {
         let DeValue::Array(arr) = v.get_ref() else {
             self.w.type_err(v, path, "an array of numeric uids");
@@ -443,6 +620,12 @@ impl ConfigParser<'_> {
         let mut approvers = BTreeMap::new();
         let mut audit = crate::audit::Options::default();
         let mut http = None;
+        let mut approvals = ApprovalPolicy::default();
+        let mut limits = Limits::default();
+        let mut notify = Notify {
+            timeout: Duration::from_secs(5),
+            ..Notify::default()
+        };
         let mut ok = true;
 
         for (key, value) in table.iter() {
@@ -623,6 +806,94 @@ impl ConfigParser<'_> {
                         }
                     }
                 }
+                "approvals" => {
+                    let Some(t) = self.table(value, "approvals") else {
+                        ok = false;
+                        continue;
+                    };
+                    for (k, v) in t.iter() {
+                        let name = k.get_ref().as_ref();
+                        let path = format!("approvals.{name}");
+                        let parsed = match name {
+                            "pending_ttl" => self
+                                .duration(v, &path, 60, 7 * 86_400)
+                                .map(|d| approvals.pending_ttl = d),
+                            "use_within" => self
+                                .duration(v, &path, 60, 86_400)
+                                .map(|d| approvals.use_within = d),
+                            "max_pending" => self
+                                .int(v, &path, 1, 1000)
+                                .map(|n| approvals.max_pending = n as usize),
+                            _ => {
+                                self.unknown(k, "approvals", &APPROVAL_KEYS);
+                                None
+                            }
+                        };
+                        ok &= parsed.is_some();
+                    }
+                }
+                "limits" => {
+                    let Some(t) = self.table(value, "limits") else {
+                        ok = false;
+                        continue;
+                    };
+                    for (k, v) in t.iter() {
+                        let name = k.get_ref().as_ref();
+                        let path = format!("limits.{name}");
+                        let parsed = match name {
+                            "max_issuances" => self
+                                .int(v, &path, 1, 1_000_000)
+                                .map(|n| limits.max_issuances = n as u32),
+                            "max_live_sessions" => self
+                                .int(v, &path, 1, 100_000)
+                                .map(|n| limits.max_live_sessions = n as u32),
+                            "breaker_denials" => self
+                                .int(v, &path, 1, 1_000_000)
+                                .map(|n| limits.breaker_denials = n as u32),
+                            "window" => self
+                                .duration(v, &path, 1, 7 * 86_400)
+                                .map(|d| limits.window = d),
+                            _ => {
+                                self.unknown(k, "limits", &LIMIT_KEYS);
+                                None
+                            }
+                        };
+                        ok &= parsed.is_some();
+                    }
+                }
+                "notify" => {
+                    let Some(t) = self.table(value, "notify") else {
+                        ok = false;
+                        continue;
+                    };
+                    for (k, v) in t.iter() {
+                        let name = k.get_ref().as_ref();
+                        let path = format!("notify.{name}");
+                        let parsed = match name {
+                            "command" => self
+                                .w
+                                .list(v, &path, false, |s| Ok::<_, String>(s.to_owned()))
+                                .map(|argv| notify.command = Some(argv)),
+                            "webhook" => self
+                                .w
+                                .string(v, &path, "an http:// or https:// URL")
+                                .and_then(|s| match crate::notify::check_url(s) {
+                                    Ok(()) => Some(s.to_owned()),
+                                    Err(m) => {
+                                        self.w.err(v.span(), &path, m);
+                                        None
+                                    }
+                                })
+                                .map(|u| notify.webhook = Some(u)),
+                            "timeout" => self.duration(v, &path, 1, 60).map(|d| notify.timeout = d),
+                            _ => {
+                                self.unknown(k, "notify", &NOTIFY_KEYS);
+                                None
+                            }
+                        };
+                        ok &= parsed.is_some();
+                    }
+                }
                 "http" => {
                     let Some(t) = self.table(value, "http") else {
                         ok = false;
@@ -725,6 +996,9 @@ impl ConfigParser<'_> {
             agents: agents.into_iter().map(|(k, (a, _))| (k, a)).collect(),
             approvers,
             audit,
+            approvals,
+            limits,
+            notify,
             http,
         })
     }

@@ -264,7 +264,11 @@ pub async fn serve<I: Issuer>(
 fn public_message(e: &BrokerError) -> &'static str {
     use crate::aws::StsError;
     match e {
-        BrokerError::Denied(_) => "refused",
+        BrokerError::Denied(_) | BrokerError::Pending(_) => "refused",
+        BrokerError::Store(_) => {
+            "the broker's approval store is unavailable, so no credentials are issued"
+        }
+        BrokerError::Iam(_) => "the broker cannot reach AWS IAM",
         BrokerError::Audit(_) => {
             "the broker's audit log is unavailable, so no credentials are issued"
         }
@@ -464,6 +468,7 @@ async fn respond<I: Issuer>(
         agent: None,
         reason: None,
         duration_seconds: None,
+        approval_id: None,
     };
     let result = tokio::time::timeout(
         REQUEST_DEADLINE,
@@ -480,6 +485,10 @@ async fn respond<I: Issuer>(
         // only (no ARNs, AWS messages or OS errors), with the detail in the daemon's log.
         Ok(Err(BrokerError::Denied(d))) => {
             error(StatusCode::FORBIDDEN, d.code.as_str(), &d.message)
+        }
+        // The container agent is told the request id to hand to a human; nothing else.
+        Ok(Err(e @ BrokerError::Pending(_))) => {
+            error(StatusCode::FORBIDDEN, e.code(), &e.to_string())
         }
         Ok(Err(e)) => {
             tracing::warn!(code = e.code(), error = %e, "credential request over HTTP failed");

@@ -8,6 +8,7 @@
 //! * [`policy`]: compiles a [`profile::Profile`] into the exact session policy sent to STS.
 #![forbid(unsafe_code)]
 
+pub mod approval;
 pub mod audit;
 pub mod aws;
 pub mod broker;
@@ -17,9 +18,11 @@ pub mod clock;
 pub mod config;
 pub mod diag;
 pub mod http;
+pub mod notify;
 pub mod policy;
 pub mod profile;
 pub mod protocol;
+pub mod revoke;
 pub mod secret;
 pub mod server;
 pub mod suggest;

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::approval::{ApprovalId, MAX_NOTE_CHARS};
+use crate::revoke::Scope;
 use crate::secret::Secret;
 
 /// Largest request line the daemon reads.
@@ -23,35 +25,105 @@ pub enum Request {
         reason: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         duration_seconds: Option<u32>,
+        /// Redeem (or ask about) this approval request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval_id: Option<ApprovalId>,
     },
     Status,
+    /// Approval requests (open ones unless `all`).
+    Approvals {
+        #[serde(default)]
+        all: bool,
+    },
+    /// An approver's vote.
+    Vote {
+        id: ApprovalId,
+        approve: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+        /// Which approver to act as when the uid belongs to several.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approver: Option<String>,
+    },
+    Revoke {
+        scope: Scope,
+        #[serde(default)]
+        aws: bool,
+    },
+    Unrevoke {
+        scope: Scope,
+    },
+    RevokeGc,
+    BreakerReset {
+        agent: String,
+    },
+    Pause {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    Resume,
 }
+
+/// Longest agent, profile or approver name, or session id, accepted on the wire.
+const MAX_NAME: usize = 64;
 
 impl Request {
     /// Parses and bounds-checks one request line.
     pub fn parse(line: &[u8]) -> Result<Request, String> {
         let req: Request =
             serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
-        if let Request::Credentials {
-            profile,
-            reason,
-            agent,
-            ..
-        } = &req
-        {
-            if profile.len() > 64 || agent.as_ref().is_some_and(|a| a.len() > 64) {
-                return Err(
-                    "malformed request: profile and agent names are at most 64 characters".into(),
-                );
+        let long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.len() > MAX_NAME);
+        let bad = |m: String| Err(format!("malformed request: {m}"));
+        match &req {
+            Request::Credentials {
+                profile,
+                reason,
+                agent,
+                ..
+            } => {
+                if profile.len() > MAX_NAME || long(agent) {
+                    return bad(format!(
+                        "profile and agent names are at most {MAX_NAME} characters"
+                    ));
+                }
+                if reason
+                    .as_ref()
+                    .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+                {
+                    return bad(format!(
+                        "reason is longer than {MAX_REASON_CHARS} characters"
+                    ));
+                }
             }
-            if reason
-                .as_ref()
-                .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+            Request::Vote { note, approver, .. } => {
+                if long(approver) {
+                    return bad(format!("approver names are at most {MAX_NAME} characters"));
+                }
+                if let Some(n) = note
+                    && let Err(m) = crate::approval::check_note(n)
+                {
+                    return bad(m);
+                }
+            }
+            Request::Revoke { scope, .. } | Request::Unrevoke { scope } => match scope {
+                Scope::Agent(n) | Scope::Profile(n) | Scope::Session(n)
+                    if n.is_empty() || n.len() > MAX_NAME =>
+                {
+                    return bad(format!("names are 1 to {MAX_NAME} characters"));
+                }
+                _ => {}
+            },
+            Request::BreakerReset { agent } if agent.is_empty() || agent.len() > MAX_NAME => {
+                return bad(format!("agent names are 1 to {MAX_NAME} characters"));
+            }
+            Request::Pause { reason }
+                if reason
+                    .as_ref()
+                    .is_some_and(|r| r.chars().count() > MAX_NOTE_CHARS) =>
             {
-                return Err(format!(
-                    "malformed request: reason is longer than {MAX_REASON_CHARS} characters"
-                ));
+                return bad(format!("reason is longer than {MAX_NOTE_CHARS} characters"));
             }
+            _ => {}
         }
         Ok(req)
     }
@@ -94,6 +166,13 @@ pub struct Response {
     pub error: Option<WireError>,
     #[serde(default)]
     pub status: Option<serde_json::Value>,
+    /// A pending approval request (with error code `approval_pending`), or the approval an
+    /// issuance redeemed.
+    #[serde(default)]
+    pub approval: Option<serde_json::Value>,
+    /// What an approver's command did (votes, revocations, lists).
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
 }
 
 #[cfg(test)]
@@ -108,7 +187,8 @@ mod tests {
                 profile: "s3-data".into(),
                 agent: None,
                 reason: None,
-                duration_seconds: None
+                duration_seconds: None,
+                approval_id: None,
             }
         );
         assert_eq!(

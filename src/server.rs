@@ -151,6 +151,19 @@ async fn read_line(stream: &mut UnixStream, line: &mut Vec<u8>) -> io::Result<()
     }
 }
 
+/// `{"ok":true,"result":...}` or the error.
+fn result_body<T: serde::Serialize>(r: Result<T, BrokerError>) -> serde_json::Value {
+    match r {
+        Ok(v) => serde_json::json!({ "ok": true, "result": v }),
+        Err(e) => {
+            if !e.is_refusal() {
+                tracing::warn!(code = e.code(), error = %e, "request failed");
+            }
+            error_body(e.code(), &e.to_string())
+        }
+    }
+}
+
 async fn handle<I: Issuer>(broker: Arc<Broker<I>>, mut stream: UnixStream) {
     let cred = match stream.peer_cred() {
         Ok(c) => c,
@@ -190,17 +203,31 @@ async fn dispatch<I: Issuer>(
             agent,
             reason,
             duration_seconds,
+            approval_id,
         } => {
             let req = CredRequest {
                 profile,
                 agent,
                 reason,
                 duration_seconds,
+                approval_id,
             };
             match tokio::time::timeout(REQUEST_DEADLINE, broker.credentials(caller, req)).await {
                 Err(_) => error_body("timeout", "the broker could not get credentials in time"),
+                Ok(Err(BrokerError::Pending(p))) => {
+                    let mut body = error_body("approval_pending", &p.message());
+                    body["approval"] = serde_json::json!({
+                        "id": p.id,
+                        "status": "pending",
+                        "needs": p.requirement.to_string(),
+                        "have": p.have,
+                        "need": p.need,
+                        "expires": clock::rfc3339(p.pending_until),
+                    });
+                    body
+                }
                 Ok(Err(e)) => {
-                    if !matches!(e, BrokerError::Denied(_)) {
+                    if !e.is_refusal() {
                         tracing::warn!(uid, code = e.code(), error = %e, "credential request failed");
                     }
                     error_body(e.code(), &e.to_string())
@@ -219,10 +246,29 @@ async fn dispatch<I: Issuer>(
                         "agent": issued.agent,
                         "profile": issued.profile,
                         "cached": issued.cached,
+                        "approval": issued.approval_id.map(|id| serde_json::json!({"id": id})),
                     })
                 }
             }
         }
+        Request::Approvals { all } => result_body(broker.approvals(&caller, all).await),
+        Request::Vote {
+            id,
+            approve,
+            note,
+            approver,
+        } => result_body(broker.vote(caller, id, approve, note, approver).await),
+        Request::Revoke { scope, aws } => result_body(broker.revoke(caller, scope, aws).await),
+        Request::Unrevoke { scope } => result_body(
+            broker
+                .unrevoke(caller, scope)
+                .await
+                .map(|n| serde_json::json!({ "lifted": n })),
+        ),
+        Request::RevokeGc => result_body(broker.revoke_gc(caller).await),
+        Request::BreakerReset { agent } => result_body(broker.breaker_reset(caller, agent).await),
+        Request::Pause { reason } => result_body(broker.set_paused(caller, true, reason).await),
+        Request::Resume => result_body(broker.set_paused(caller, false, None).await),
         Request::Status => {
             let state = broker.state();
             let agent = state
@@ -252,6 +298,9 @@ async fn dispatch<I: Issuer>(
                         "profiles": a.profiles.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                     "audit_ok": !broker.audit().is_failed(),
+                    "paused": broker.controls().paused.clone(),
+                    "breakers": broker.controls().trips.values().filter(|t| filter.is_none_or(|f| f == t.agent)).cloned().collect::<Vec<_>>(),
+                    "revocations": broker.controls().revocations.clone(),
                 }
             })
         }

@@ -242,14 +242,19 @@ fn kill_9_during_concurrent_issuance_never_loses_an_issued_record() {
 #[test]
 fn a_full_audit_log_at_runtime_stops_issuance_before_sts() {
     let moto = Moto::start();
-    // 8 KiB file size limit for the daemon; SIGXFSZ ignored so writes fail with EFBIG instead.
+    // 64 KiB file size limit for the daemon (room for the approval store's schema, not for the
+    // audit log this test writes); SIGXFSZ ignored so writes fail with EFBIG instead.
     let mut d = Daemon::start_wrapped(
-        &config_text(&moto.endpoint(), ""),
+        // No rate limit in the way: this test issues until the log is full.
+        &config_text(
+            &moto.endpoint(),
+            "\n[limits]\nmax_issuances = 100000\nmax_live_sessions = 100000\n",
+        ),
         &[
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
         ],
-        Some("trap '' XFSZ; ulimit -f 8; exec \"$@\""),
+        Some("trap '' XFSZ; ulimit -f 64; exec \"$@\""),
     );
     let mut issued = 0;
     let mut failure = None;

@@ -322,8 +322,9 @@ fn unbound_and_approval_profiles_are_refused_and_audited() {
     );
     let out = d.mandate(&["credential-process", "deploy-staging"]);
     assert_eq!(out.status.code(), Some(5));
+    assert!(out.stdout.is_empty());
     assert!(
-        stderr(&out).starts_with("mandate: profile deploy-staging needs approval (operator)"),
+        stderr(&out).starts_with("mandate: profile deploy-staging needs approval: request "),
         "{}",
         stderr(&out)
     );
@@ -334,7 +335,9 @@ fn unbound_and_approval_profiles_are_refused_and_audited() {
         .filter(|r| r["kind"] == "denied")
         .map(|r| r["code"].clone())
         .collect();
-    assert_eq!(codes, [json!("not_bound"), json!("approval_required")]);
+    assert_eq!(codes, [json!("not_bound")]);
+    let pending = d.audit().iter().filter(|r| r["kind"] == "pending").count();
+    assert_eq!(pending, 1);
 }
 
 /// Runs credential-process and returns (exit code, stderr, seconds taken); stdout must be empty.

@@ -41,7 +41,16 @@ fn start() -> Box {
         ("other", "readonly", &other_token_file),
     ] {
         let out = mandate_at(&cfg)
-            .args(["agent", "add", name, "--profiles", profiles, "--token-file"])
+            .args([
+                "agent",
+                "add",
+                name,
+                "--profiles",
+                profiles,
+                "--operator",
+                "human",
+            ])
+            .arg("--token-file")
             .arg(file)
             .output()
             .unwrap();
@@ -281,7 +290,7 @@ fn hostile_and_wrong_requests_get_the_documented_4xx_no_credential_and_an_audit_
                 &auth(&good),
             ),
             403,
-            "approval_required",
+            "approval_pending",
         ),
         (
             "Host: evil.example",
@@ -378,10 +387,14 @@ fn hostile_and_wrong_requests_get_the_documented_4xx_no_credential_and_an_audit_
     // Every refusal is in the audit log (they are written without waiting; give them a moment).
     std::thread::sleep(Duration::from_millis(300));
     let audit = b.d.audit();
+    // (A request needing approval is recorded as the pending request it opened.)
     let codes: Vec<&str> = audit[before..]
         .iter()
-        .filter(|r| r["kind"] == "denied")
-        .map(|r| r["code"].as_str().unwrap())
+        .filter_map(|r| match r["kind"].as_str() {
+            Some("denied") => r["code"].as_str(),
+            Some("pending") => Some("approval_pending"),
+            _ => None,
+        })
         .collect();
     assert_eq!(codes.len(), cases.len(), "{codes:?}");
     for (_, _, _, code) in &cases {

@@ -5,12 +5,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::approval::store::{Store, StoreError};
+use crate::approval::{ApprovalId, ApprovalRequest, Binding, Requirement};
 use crate::audit::{AuditError, AuditLog, Kind, Record};
-use crate::aws::{AssumeRoleInput, Credentials, Issuer, StsError};
+use crate::aws::{AssumeRoleInput, Credentials, IamError, Issuer, Revoker, StsError};
 use crate::clock;
 use crate::config::{CachePolicy, Config, Loaded, Role};
+use crate::notify::Notifier;
 use crate::policy::CompiledProfile;
 use crate::profile::{Approval, BROKER_TAG_KEYS};
+use crate::revoke::{Pause, Revocation, Scope, Trip};
+
+mod control;
+pub use control::{Controls, RevokeReport, VoteReport};
 
 /// Who is asking: never what the request claims.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +52,8 @@ pub struct CredRequest {
     pub reason: Option<String>,
     /// Shorter than the profile's duration (never longer).
     pub duration_seconds: Option<u32>,
+    /// Redeem (or wait for) this approval request.
+    pub approval_id: Option<ApprovalId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,20 +64,75 @@ pub enum DenyCode {
     UnknownProfile,
     /// The agent is not bound to the profile.
     NotBound,
-    /// The profile needs human approval, which this version cannot collect.
-    ApprovalRequired,
     /// The request itself is malformed.
     BadRequest,
+    /// The global kill switch is on.
+    Paused,
+    /// The agent's circuit breaker tripped.
+    BreakerOpen,
+    /// A human revoked the agent, the profile or everything.
+    Revoked,
+    /// Too many new sessions in the window.
+    RateLimited,
+    /// Too many unexpired sessions.
+    TooManySessions,
+    /// Too many approval requests waiting.
+    TooManyPending,
+    /// The approval request was rejected, expired, already used or bound to another request.
+    ApprovalClosed,
+    /// No such approval request (or not this agent's).
+    UnknownApproval,
+    /// The caller may not approve, revoke, pause or reset (not a declared approver).
+    NotApprover,
+    /// The vote is not allowed (see the message).
+    VoteRefused,
 }
 
 impl DenyCode {
+    pub const ALL: [DenyCode; 14] = [
+        DenyCode::UnknownCaller,
+        DenyCode::UnknownProfile,
+        DenyCode::NotBound,
+        DenyCode::BadRequest,
+        DenyCode::Paused,
+        DenyCode::BreakerOpen,
+        DenyCode::Revoked,
+        DenyCode::RateLimited,
+        DenyCode::TooManySessions,
+        DenyCode::TooManyPending,
+        DenyCode::ApprovalClosed,
+        DenyCode::UnknownApproval,
+        DenyCode::NotApprover,
+        DenyCode::VoteRefused,
+    ];
+
+    /// Whether an error code on the wire is a refusal (exit 5) rather than an outage.
+    pub fn is_refusal_code(code: &str) -> bool {
+        code == "approval_pending" || DenyCode::ALL.iter().any(|d| d.as_str() == code)
+    }
+
+    /// Whether this denial counts toward the agent's circuit breaker (an agent that keeps
+    /// pushing); the breaker and the global pause themselves do not.
+    pub fn counts_toward_breaker(self) -> bool {
+        !matches!(self, DenyCode::Paused | DenyCode::BreakerOpen)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DenyCode::UnknownCaller => "unknown_caller",
             DenyCode::UnknownProfile => "unknown_profile",
             DenyCode::NotBound => "not_bound",
-            DenyCode::ApprovalRequired => "approval_required",
             DenyCode::BadRequest => "bad_request",
+            DenyCode::Paused => "paused",
+            DenyCode::BreakerOpen => "breaker_open",
+            DenyCode::Revoked => "revoked",
+            DenyCode::RateLimited => "rate_limited",
+            DenyCode::TooManySessions => "too_many_sessions",
+            DenyCode::TooManyPending => "too_many_pending",
+            DenyCode::ApprovalClosed => "approval_closed",
+            DenyCode::UnknownApproval => "unknown_approval",
+            DenyCode::NotApprover => "not_approver",
+            DenyCode::VoteRefused => "vote_refused",
         }
     }
 }
@@ -105,11 +169,43 @@ impl Grant {
     }
 }
 
+/// A grant that needs a human first: it becomes a [`Grant`] only through
+/// [`Candidate::redeemed`], which needs the proof that an approval was consumed.
+#[derive(Debug)]
+pub struct Candidate {
+    grant: Grant,
+    requirement: Requirement,
+    binding: Binding,
+}
+
+/// Proof that the store marked an approval used for this request (built only by the broker's
+/// redemption path).
+#[derive(Debug)]
+struct Redemption {
+    id: ApprovalId,
+    digest: String,
+}
+
+impl Candidate {
+    pub fn binding(&self) -> &Binding {
+        &self.binding
+    }
+    pub fn requirement(&self) -> &Requirement {
+        &self.requirement
+    }
+    fn redeemed(self, proof: &Redemption) -> Grant {
+        debug_assert_eq!(proof.digest, self.binding.digest());
+        self.grant
+    }
+}
+
 /// The authorization result.
 #[must_use]
 #[derive(Debug)]
 pub enum Decision {
     Granted(Grant),
+    /// Allowed once a human approves this exact request.
+    NeedsApproval(Candidate),
     Denied(Denial),
 }
 
@@ -136,8 +232,14 @@ impl State {
     }
 }
 
-/// Pure authorization: identity from the uid, agent ↔ profile binding, approval gate, duration.
-pub fn authorize(state: &State, caller: &Caller, req: &CredRequest) -> Decision {
+/// Pure authorization: identity from the uid, agent ↔ profile binding, the human stop buttons
+/// (pause, breaker, revocation), duration, approval gate.
+pub fn authorize(
+    state: &State,
+    controls: &Controls,
+    caller: &Caller,
+    req: &CredRequest,
+) -> Decision {
     let deny = |code, message: String, agent: Option<&str>| {
         Decision::Denied(Denial {
             code,
@@ -178,12 +280,47 @@ pub fn authorize(state: &State, caller: &Caller, req: &CredRequest) -> Decision 
             Some(&agent.name),
         );
     }
-    if profile.profile.approval != Approval::None {
+    if let Some(p) = &controls.paused {
         return deny(
-            DenyCode::ApprovalRequired,
+            DenyCode::Paused,
             format!(
-                "profile {} needs approval ({}), and this broker version cannot collect approvals yet; nothing was issued",
-                req.profile, profile.profile.approval
+                "the broker is paused (by {} at {}{}); nothing is issued until an approver runs `mandate resume`",
+                p.by,
+                clock::rfc3339(p.at),
+                p.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+            Some(&agent.name),
+        );
+    }
+    if let Some(t) = controls.trips.get(&agent.name) {
+        return deny(
+            DenyCode::BreakerOpen,
+            format!(
+                "agent {} is locked by its circuit breaker since {} ({}); an approver runs `mandate breaker reset {}`",
+                agent.name,
+                clock::rfc3339(t.at),
+                t.reason,
+                agent.name
+            ),
+            Some(&agent.name),
+        );
+    }
+    if let Some(r) = controls
+        .revocations
+        .iter()
+        .find(|r| r.blocks(&agent.name, &req.profile))
+    {
+        return deny(
+            DenyCode::Revoked,
+            format!(
+                "{} is revoked (by {} at {}); nothing is issued until an approver runs `mandate unrevoke {}`",
+                r.scope,
+                r.by,
+                clock::rfc3339(r.at),
+                control::scope_flag(&r.scope)
             ),
             Some(&agent.name),
         );
@@ -218,12 +355,49 @@ pub fn authorize(state: &State, caller: &Caller, req: &CredRequest) -> Decision 
         custom_duration = d != duration;
         duration = d;
     }
-    Decision::Granted(Grant {
+    let grant = Grant {
         agent: agent.name.clone(),
         profile: profile.clone(),
         role: role.clone(),
         duration_seconds: duration,
         custom_duration,
+    };
+    let requirement = match profile.profile.approval {
+        Approval::None => return Decision::Granted(grant),
+        Approval::Operator => match &agent.operator {
+            Some(op) => Requirement::Operator {
+                operator: op.clone(),
+            },
+            // `config::load` refuses this; fail closed anyway.
+            None => {
+                return deny(
+                    DenyCode::NotBound,
+                    format!(
+                        "profile {} needs the operator's approval and agent {} has no operator",
+                        req.profile, agent.name
+                    ),
+                    Some(&agent.name),
+                );
+            }
+        },
+        Approval::Peers(n) => Requirement::Peers {
+            n,
+            operator: agent.operator.clone(),
+        },
+    };
+    let binding = Binding {
+        agent: agent.name.clone(),
+        profile: req.profile.clone(),
+        profile_sha256: profile.profile_sha256.clone(),
+        policy_sha256: profile.policy.sha256().to_owned(),
+        role_arn: role.arn.clone(),
+        duration_seconds: duration,
+        reason: req.reason.clone(),
+    };
+    Decision::NeedsApproval(Candidate {
+        grant,
+        requirement,
+        binding,
     })
 }
 
@@ -237,23 +411,74 @@ pub fn servable(policy: &CachePolicy, expiration: i64, duration_seconds: u32, no
     remaining > ahead.max(policy.min_remaining.as_secs() as i64)
 }
 
+/// A request waiting for a human.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub id: ApprovalId,
+    pub agent: String,
+    pub profile: String,
+    pub requirement: Requirement,
+    /// Unix seconds.
+    pub pending_until: i64,
+    /// Approvals so far and needed.
+    pub have: usize,
+    pub need: usize,
+}
+
+impl Pending {
+    pub fn message(&self) -> String {
+        let who = match &self.requirement {
+            Requirement::Operator { operator } => format!("ask {operator}"),
+            Requirement::Peers { n, .. } => format!(
+                "ask {} approver{} other than the operator",
+                n,
+                if *n == 1 { "" } else { "s" }
+            ),
+        };
+        format!(
+            "profile {} needs approval: request {} is pending ({}/{} approvals, expires {}); {who} to run `mandate approve {}`",
+            self.profile,
+            self.id,
+            self.have,
+            self.need,
+            clock::rfc3339(self.pending_until),
+            self.id
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("{}", .0.message)]
     Denied(Denial),
+    #[error("{}", .0.message())]
+    Pending(Pending),
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error(transparent)]
     Sts(#[from] StsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "{0}; the revocation is in force for new issuance, but sessions already issued are not denied at AWS (fix the cause and run the same `mandate revoke --aws` again)"
+    )]
+    Iam(#[from] IamError),
 }
 
 impl BrokerError {
     pub fn code(&self) -> &'static str {
         match self {
             BrokerError::Denied(d) => d.code.as_str(),
+            BrokerError::Pending(_) => "approval_pending",
             BrokerError::Audit(_) => "audit_unavailable",
             BrokerError::Sts(_) => "sts_error",
+            BrokerError::Store(_) => "store_unavailable",
+            BrokerError::Iam(_) => "iam_error",
         }
+    }
+    /// A refusal (exit 5) rather than an outage (exit 6).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, BrokerError::Denied(_) | BrokerError::Pending(_))
     }
 }
 
@@ -265,6 +490,8 @@ pub struct Issued {
     pub agent: String,
     pub profile: String,
     pub cached: bool,
+    /// The approval this issuance redeemed.
+    pub approval_id: Option<ApprovalId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -297,12 +524,41 @@ pub struct SessionInfo {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
 
+/// Seconds since the epoch; a function so tests can move time.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// What the broker needs besides STS: where approvals and stop buttons persist, how to deny at
+/// AWS, whom to tell, and what time it is.
+pub struct Parts {
+    pub store: Arc<dyn Store>,
+    pub revoker: Arc<dyn Revoker>,
+    pub notifier: Notifier,
+    pub clock: Clock,
+}
+
+impl Parts {
+    /// An in-memory store, no AWS revocation, no notifications, the system clock.
+    pub fn ephemeral() -> Parts {
+        Parts {
+            store: Arc::new(crate::approval::store::SqliteStore::in_memory()),
+            revoker: Arc::new(crate::aws::NoRevoker),
+            notifier: Notifier::none(),
+            clock: Arc::new(clock::unix_now),
+        }
+    }
+}
+
 pub struct Broker<I: Issuer> {
     state: RwLock<Arc<State>>,
     issuer: I,
     audit: AuditLog,
     cache: Mutex<HashMap<CacheKey, Slot>>,
     sessions: Mutex<Vec<SessionInfo>>,
+    parts: Parts,
+    controls: RwLock<Arc<Controls>>,
+    counters: Mutex<HashMap<String, control::Counters>>,
+    /// Serializes changes to revocations, trips and the pause (rare, human-driven).
+    admin: tokio::sync::Mutex<()>,
 }
 
 /// 128 random bits, hex.
@@ -313,14 +569,62 @@ pub fn random_id() -> String {
 }
 
 impl<I: Issuer> Broker<I> {
+    /// A broker with an ephemeral approval store (tests and benchmarks).
     pub fn new(state: State, issuer: I, audit: AuditLog) -> Self {
-        Broker {
+        Self::with_parts(state, issuer, audit, Parts::ephemeral())
+            .expect("an in-memory store is readable")
+    }
+
+    /// A broker over `parts`; revocations, trips and the pause come back from the store.
+    pub fn with_parts(
+        state: State,
+        issuer: I,
+        audit: AuditLog,
+        parts: Parts,
+    ) -> Result<Self, StoreError> {
+        let controls = Controls {
+            paused: parts.store.pause()?,
+            revocations: parts.store.revocations()?,
+            trips: parts
+                .store
+                .trips()?
+                .into_iter()
+                .map(|t| (t.agent.clone(), t))
+                .collect(),
+        };
+        Ok(Broker {
             state: RwLock::new(Arc::new(state)),
             issuer,
             audit,
             cache: Mutex::new(HashMap::new()),
             sessions: Mutex::new(Vec::new()),
-        }
+            parts,
+            controls: RwLock::new(Arc::new(controls)),
+            counters: Mutex::new(HashMap::new()),
+            admin: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.parts.clock)()
+    }
+
+    pub fn controls(&self) -> Arc<Controls> {
+        self.controls
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Runs a store operation on the blocking pool (SQLite fsyncs).
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.parts.store.clone();
+        tokio::task::spawn_blocking(move || f(&*store))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     pub fn state(&self) -> Arc<State> {
@@ -355,24 +659,302 @@ impl<I: Issuer> Broker<I> {
             return Err(AuditError::Unavailable("an earlier write failed".into()).into());
         }
         let state = self.state();
-        let grant = match authorize(&state, &caller, &req) {
-            Decision::Granted(g) => g,
+        let controls = self.controls();
+        match authorize(&state, &controls, &caller, &req) {
+            Decision::Granted(g) => self.issue(&state, caller, g, req.reason, None).await,
+            Decision::NeedsApproval(c) => self.approval_gate(&state, caller, c, req).await,
             Decision::Denied(d) => {
                 tracing::debug!(uid = ?caller.uid(), profile = %req.profile, code = d.code.as_str(), "denied");
-                let mut r = Record::new(Kind::Denied);
-                r.agent = d.agent.clone();
-                r.uid = caller.uid();
-                r.pid = caller.pid();
-                r.profile = Some(req.profile.clone());
-                r.reason = req.reason.clone();
-                r.decision = Some("deny".into());
-                r.code = Some(d.code.as_str().into());
-                r.message = Some(d.message.clone());
-                self.audit.append_durable(r).await?;
-                return Err(BrokerError::Denied(d));
+                Err(self
+                    .refuse(&caller, &req.profile, req.reason.clone(), d)
+                    .await)
+            }
+        }
+    }
+
+    /// Audits a denial, counts it toward the agent's breaker, and returns it as the error.
+    async fn refuse(
+        &self,
+        caller: &Caller,
+        profile: &str,
+        reason: Option<String>,
+        d: Denial,
+    ) -> BrokerError {
+        let mut r = Record::new(Kind::Denied);
+        r.agent = d.agent.clone();
+        r.uid = caller.uid();
+        r.pid = caller.pid();
+        r.profile = Some(profile.to_owned());
+        r.reason = reason;
+        r.decision = Some("deny".into());
+        r.code = Some(d.code.as_str().into());
+        r.message = Some(d.message.clone());
+        if let Err(e) = self.audit.append_durable(r).await {
+            return e.into();
+        }
+        if let Some(agent) = &d.agent
+            && d.code.counts_toward_breaker()
+            && let Err(e) = self.count_denial(agent).await
+        {
+            return e;
+        }
+        BrokerError::Denied(d)
+    }
+
+    /// A request for a profile that needs a human: deliver the approved session from the cache,
+    /// redeem a matching approval, report the pending one, or open a new request.
+    async fn approval_gate(
+        &self,
+        state: &State,
+        caller: Caller,
+        c: Candidate,
+        req: CredRequest,
+    ) -> Result<Issued, BrokerError> {
+        if let Some(issued) = self.cached(&caller, &c.grant, &req.reason).await? {
+            return Ok(issued);
+        }
+        let now = self.now();
+        let digest = c.binding.digest();
+        let agent = c.grant.agent.clone();
+        let deny = |code, message: String| Denial {
+            code,
+            message,
+            agent: Some(agent.clone()),
+        };
+        let found: Vec<ApprovalRequest> = match &req.approval_id {
+            Some(id) => {
+                let id = id.clone();
+                match self.db(move |s| s.get(&id)).await? {
+                    Some(r) if r.binding.agent == agent => vec![r],
+                    _ => {
+                        let d = deny(
+                            DenyCode::UnknownApproval,
+                            format!(
+                                "agent {agent} has no approval request {}",
+                                req.approval_id.as_ref().map(|i| i.as_str()).unwrap_or("")
+                            ),
+                        );
+                        return Err(self.refuse(&caller, &req.profile, req.reason, d).await);
+                    }
+                }
+            }
+            None => {
+                let (a, d) = (agent.clone(), digest.clone());
+                self.db(move |s| s.by_digest(&a, &d)).await?
             }
         };
-        self.issue(&state, caller, grant, req.reason).await
+        for r in found {
+            let status = r.status(now);
+            match status {
+                crate::approval::Status::Approved => match self.redeem(r, &digest, now).await? {
+                    Ok(proof) => {
+                        let grant = c.redeemed(&proof);
+                        return self
+                            .issue(state, caller, grant, req.reason, Some(proof.id))
+                            .await;
+                    }
+                    Err(e) if req.approval_id.is_some() => {
+                        let d = deny(DenyCode::ApprovalClosed, e.to_string());
+                        return Err(self.refuse(&caller, &req.profile, req.reason, d).await);
+                    }
+                    Err(_) => continue,
+                },
+                crate::approval::Status::Pending => {
+                    return Err(BrokerError::Pending(pending_of(&r)));
+                }
+                closed if req.approval_id.is_some() => {
+                    let detail = match &r.stage {
+                        crate::approval::Stage::Rejected { by, .. } => {
+                            let note = r
+                                .votes
+                                .iter()
+                                .rev()
+                                .find(|v| !v.approve)
+                                .and_then(|v| v.note.as_deref())
+                                .map(|n| format!(": {n}"))
+                                .unwrap_or_default();
+                            format!("rejected by {by}{note}")
+                        }
+                        _ => closed.as_str().to_owned(),
+                    };
+                    let d = deny(
+                        DenyCode::ApprovalClosed,
+                        format!("approval request {} is {detail}; nothing was issued", r.id),
+                    );
+                    return Err(self.refuse(&caller, &req.profile, req.reason, d).await);
+                }
+                _ => continue,
+            }
+        }
+        self.open_request(caller, c, req, now).await
+    }
+
+    /// Marks an approved request used, exactly once across every caller (compare and swap).
+    async fn redeem(
+        &self,
+        mut r: ApprovalRequest,
+        digest: &str,
+        now: i64,
+    ) -> Result<Result<Redemption, crate::approval::RedeemError>, StoreError> {
+        loop {
+            let next = match r.redeem(digest, &random_id(), now) {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(e)),
+            };
+            let expected = r.version;
+            let id = r.id.clone();
+            let (won, current) = self
+                .db(move |s| {
+                    let won = s.replace(expected, &next)?;
+                    let current = if won { None } else { s.get(&id)? };
+                    Ok((won, current))
+                })
+                .await?;
+            if won {
+                return Ok(Ok(Redemption {
+                    id: r.id,
+                    digest: digest.to_owned(),
+                }));
+            }
+            match current {
+                Some(c) => r = c,
+                None => {
+                    return Ok(Err(crate::approval::RedeemError::NotApproved {
+                        id: r.id,
+                        status: "gone",
+                    }));
+                }
+            }
+        }
+    }
+
+    async fn open_request(
+        &self,
+        caller: Caller,
+        c: Candidate,
+        req: CredRequest,
+        now: i64,
+    ) -> Result<Issued, BrokerError> {
+        let cfg = self.state().config.approvals;
+        let agent = c.grant.agent.clone();
+        let a = agent.clone();
+        let open = self.db(move |s| s.count_pending(&a, now)).await?;
+        if open >= cfg.max_pending {
+            let d = Denial {
+                code: DenyCode::TooManyPending,
+                message: format!(
+                    "agent {agent} already has {open} approval requests waiting (the limit is {}); wait for a decision",
+                    cfg.max_pending
+                ),
+                agent: Some(agent.clone()),
+            };
+            return Err(self.refuse(&caller, &req.profile, req.reason, d).await);
+        }
+        let r = ApprovalRequest::new(
+            ApprovalId::random(),
+            c.binding.clone(),
+            c.requirement.clone(),
+            caller.uid(),
+            now,
+            cfg.pending_ttl.as_secs() as i64,
+        );
+        let mut rec = Record::new(Kind::Pending);
+        rec.approval_id = Some(r.id.to_string());
+        rec.agent = Some(agent.clone());
+        rec.uid = caller.uid();
+        rec.pid = caller.pid();
+        rec.profile = Some(r.binding.profile.clone());
+        rec.profile_sha256 = Some(r.binding.profile_sha256.clone());
+        rec.policy_sha256 = Some(r.binding.policy_sha256.clone());
+        rec.role = Some(r.binding.role_arn.clone());
+        rec.duration_seconds = Some(r.binding.duration_seconds);
+        rec.reason = r.binding.reason.clone();
+        rec.digest = Some(r.digest.clone());
+        rec.decision = Some("pending".into());
+        rec.message = Some(format!("needs {}", r.requirement));
+        self.audit.append_durable(rec).await?;
+        let stored = r.clone();
+        self.db(move |s| s.insert(&stored)).await?;
+        let pending = pending_of(&r);
+        self.parts.notifier.send(serde_json::json!({
+            "event": "approval_pending",
+            "id": r.id,
+            "agent": agent,
+            "profile": r.binding.profile,
+            "role": r.binding.role_arn,
+            "duration_seconds": r.binding.duration_seconds,
+            "reason": r.binding.reason,
+            "needs": r.requirement.to_string(),
+            "expires": clock::rfc3339(r.pending_until),
+            "approve": format!("mandate approve {}", r.id),
+            "reject": format!("mandate reject {}", r.id),
+        }));
+        tracing::info!(id = %r.id, agent = %pending.agent, profile = %pending.profile, "approval request pending");
+        Err(BrokerError::Pending(pending))
+    }
+
+    /// A servable cached session for this grant's key, delivered (and audited) without minting.
+    async fn cached(
+        &self,
+        caller: &Caller,
+        grant: &Grant,
+        reason: &Option<String>,
+    ) -> Result<Option<Issued>, BrokerError> {
+        if grant.custom_duration {
+            return Ok(None);
+        }
+        let slot = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&cache_key(grant))
+            .cloned();
+        let Some(slot) = slot else { return Ok(None) };
+        let entry = slot.lock().await.clone();
+        match entry {
+            Some(e) if self.servable_entry(&e) => {
+                self.deliver(caller, grant, reason, &e).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn servable_entry(&self, e: &Entry) -> bool {
+        servable(
+            &self.state().config.cache,
+            e.credentials.expiration,
+            e.duration_seconds,
+            clock::unix_now(),
+        )
+    }
+
+    async fn deliver(
+        &self,
+        caller: &Caller,
+        grant: &Grant,
+        reason: &Option<String>,
+        entry: &Entry,
+    ) -> Result<Issued, BrokerError> {
+        let mut r = base_record(Kind::Delivered, caller, grant, reason);
+        r.request_id = Some(entry.request_id.clone());
+        r.access_key_id = Some(entry.credentials.access_key_id.clone());
+        r.expiration = Some(clock::rfc3339(entry.credentials.expiration));
+        self.audit.append(r).await?;
+        tracing::debug!(
+            agent = %grant.agent,
+            profile = %grant.profile.profile.name,
+            request_id = %entry.request_id,
+            access_key_id = %entry.credentials.access_key_id,
+            "delivered a cached session"
+        );
+        Ok(Issued {
+            credentials: entry.credentials.clone(),
+            request_id: entry.request_id.clone(),
+            agent: grant.agent.clone(),
+            profile: grant.profile.profile.name.as_str().to_owned(),
+            cached: true,
+            approval_id: None,
+        })
     }
 
     async fn issue(
@@ -381,22 +963,12 @@ impl<I: Issuer> Broker<I> {
         caller: Caller,
         grant: Grant,
         reason: Option<String>,
+        approval_id: Option<ApprovalId>,
     ) -> Result<Issued, BrokerError> {
-        let key = CacheKey {
-            agent: grant.agent.clone(),
-            profile_sha256: grant.profile.profile_sha256.clone(),
-            role: grant.role.name.as_str().to_owned(),
-        };
+        let key = cache_key(&grant);
         let base = |kind| {
-            let mut r = Record::new(kind);
-            r.agent = Some(grant.agent.clone());
-            r.uid = caller.uid();
-            r.pid = caller.pid();
-            r.profile = Some(grant.profile.profile.name.as_str().to_owned());
-            r.profile_sha256 = Some(grant.profile.profile_sha256.clone());
-            r.policy_sha256 = Some(grant.profile.policy.sha256().to_owned());
-            r.role = Some(grant.role.arn.clone());
-            r.reason = reason.clone();
+            let mut r = base_record(kind, &caller, &grant, &reason);
+            r.approval_id = approval_id.as_ref().map(|i| i.to_string());
             r
         };
         let slot: Option<Slot> = if grant.custom_duration {
@@ -417,35 +989,18 @@ impl<I: Issuer> Broker<I> {
             None => None,
         };
         if let Some(Some(entry)) = guard.as_deref()
-            && servable(
-                &state.config.cache,
-                entry.credentials.expiration,
-                entry.duration_seconds,
-                clock::unix_now(),
-            )
+            && self.servable_entry(entry)
         {
-            let mut r = base(Kind::Delivered);
-            r.request_id = Some(entry.request_id.clone());
-            r.access_key_id = Some(entry.credentials.access_key_id.clone());
-            r.expiration = Some(clock::rfc3339(entry.credentials.expiration));
-            self.audit.append(r).await?;
-            tracing::debug!(
-                agent = %grant.agent,
-                profile = %grant.profile.profile.name,
-                request_id = %entry.request_id,
-                access_key_id = %entry.credentials.access_key_id,
-                "delivered a cached session"
-            );
-            return Ok(Issued {
-                credentials: entry.credentials.clone(),
-                request_id: entry.request_id.clone(),
-                agent: grant.agent.clone(),
-                profile: grant.profile.profile.name.as_str().to_owned(),
-                cached: true,
-            });
+            return self.deliver(&caller, &grant, &reason, entry).await;
+        }
+        if let Err(d) = self.check_limits(&grant.agent, &state.config.limits) {
+            drop(guard);
+            let profile = grant.profile.profile.name.as_str().to_owned();
+            return Err(self.refuse(&caller, &profile, reason.clone(), d).await);
         }
 
         let request_id = random_id();
+        self.record_issuance(&grant.agent);
         let session_name = format!("mandate-{}-{}", grant.agent, &request_id[..12]);
         let session_name: String = session_name.chars().take(64).collect();
         let source_identity = format!("mandate-{}", grant.agent);
@@ -547,6 +1102,7 @@ impl<I: Issuer> Broker<I> {
             agent: grant.agent,
             profile: p.name.as_str().to_owned(),
             cached: false,
+            approval_id,
         })
     }
 
@@ -559,6 +1115,40 @@ impl<I: Issuer> Broker<I> {
             .filter(|x| agent.is_none_or(|a| x.agent == a))
             .cloned()
             .collect()
+    }
+}
+
+fn cache_key(grant: &Grant) -> CacheKey {
+    CacheKey {
+        agent: grant.agent.clone(),
+        profile_sha256: grant.profile.profile_sha256.clone(),
+        role: grant.role.name.as_str().to_owned(),
+    }
+}
+
+fn base_record(kind: Kind, caller: &Caller, grant: &Grant, reason: &Option<String>) -> Record {
+    let mut r = Record::new(kind);
+    r.agent = Some(grant.agent.clone());
+    r.uid = caller.uid();
+    r.pid = caller.pid();
+    r.profile = Some(grant.profile.profile.name.as_str().to_owned());
+    r.profile_sha256 = Some(grant.profile.profile_sha256.clone());
+    r.policy_sha256 = Some(grant.profile.policy.sha256().to_owned());
+    r.role = Some(grant.role.arn.clone());
+    r.reason = reason.clone();
+    r
+}
+
+fn pending_of(r: &ApprovalRequest) -> Pending {
+    let have = r.votes.iter().filter(|v| v.approve).count();
+    Pending {
+        id: r.id.clone(),
+        agent: r.binding.agent.clone(),
+        profile: r.binding.profile.clone(),
+        requirement: r.requirement.clone(),
+        pending_until: r.pending_until,
+        have: have.min(r.needed()),
+        need: r.needed(),
     }
 }
 

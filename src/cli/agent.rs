@@ -31,6 +31,9 @@ pub enum AgentCmd {
         /// Where to write the token [default: STATE_DIR/tokens/NAME]
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// The approver this agent works for (needed for profiles with approval = "operator")
+        #[arg(long, value_name = "APPROVER")]
+        operator: Option<String>,
     },
     /// Replace an agent's token; the daemon picks the new one up without a restart
     Rotate {
@@ -54,7 +57,8 @@ pub fn run(config_flag: Option<PathBuf>, cmd: AgentCmd) -> Exit {
             profiles,
             default,
             token_file,
-        } => add(&path, &cfg, name, profiles, default, token_file),
+            operator,
+        } => add(&path, &cfg, name, profiles, default, token_file, operator),
         AgentCmd::Rotate { name } => {
             let Some(file) = cfg.agents.get(&name).and_then(|a| a.token_file.clone()) else {
                 eprintln!(
@@ -110,7 +114,17 @@ fn add(
     profiles: Vec<String>,
     default: Option<String>,
     token_file: Option<PathBuf>,
+    operator: Option<String>,
 ) -> Exit {
+    if let Some(op) = &operator
+        && !cfg.approvers.contains_key(op)
+    {
+        eprintln!(
+            "error: --operator {op} is not declared in [approvers] of {}",
+            path.display()
+        );
+        return Exit::Usage;
+    }
     if let Err(m) = config::check_agent_name(&name) {
         eprintln!("error: {m}");
         return Exit::Usage;
@@ -154,13 +168,16 @@ fn add(
         return Exit::Usage;
     }
     let section = format!(
-        "\n[agents.{name}]\nprofiles = [{}]\ndefault_profile = {default:?}\ntoken_file = {:?}\n",
+        "\n[agents.{name}]\nprofiles = [{}]\ndefault_profile = {default:?}\ntoken_file = {:?}\n{}",
         profiles
             .iter()
             .map(|p| format!("{p:?}"))
             .collect::<Vec<_>>()
             .join(", "),
-        token_file.display().to_string()
+        token_file.display().to_string(),
+        operator
+            .map(|o| format!("operator = {o:?}\n"))
+            .unwrap_or_default()
     );
     let appended = std::fs::OpenOptions::new()
         .append(true)

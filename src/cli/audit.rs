@@ -198,7 +198,12 @@ fn human(v: &serde_json::Value) -> String {
         "expiration",
         "code",
         "request_id",
+        "approval_id",
+        "approver",
+        "decision",
+        "scope",
         "reason",
+        "note",
         "message",
     ] {
         match &v[k] {

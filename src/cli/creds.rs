@@ -14,15 +14,6 @@ use super::{Exit, print_bytes};
 /// The broker may take this long (STS retries included) before the CLI gives up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(70);
 
-/// Error codes that mean "refused" rather than "broken".
-const DENIED: [&str; 5] = [
-    "unknown_caller",
-    "unknown_profile",
-    "not_bound",
-    "approval_required",
-    "bad_request",
-];
-
 /// A failure to report: one line for stderr and the exit code.
 pub struct Failure(pub Exit, pub String);
 
@@ -30,7 +21,8 @@ fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
-pub fn call(config_flag: Option<&std::path::Path>, req: &Request) -> Result<Response, Failure> {
+/// Sends one request; only a transport failure is an error (the response may say `ok: false`).
+pub fn call_raw(config_flag: Option<&std::path::Path>, req: &Request) -> Result<Response, Failure> {
     let path = config::locate(config_flag).map_err(|e| Failure(Exit::NotFound, e.to_string()))?;
     let cfg = config::read(&path).map_err(|e| match e {
         config::ConfigError::Invalid(d) => Failure(
@@ -43,13 +35,21 @@ pub fn call(config_flag: Option<&std::path::Path>, req: &Request) -> Result<Resp
         ),
         other => Failure(Exit::NotFound, other.to_string()),
     })?;
-    let resp = client::call(&cfg.socket, req, CALL_TIMEOUT).map_err(|e| {
+    client::call(&cfg.socket, req, CALL_TIMEOUT).map_err(|e| {
         let code = match e {
             ClientError::PermissionDenied(_) => Exit::Denied,
             _ => Exit::Unavailable,
         };
         Failure(code, e.to_string())
-    })?;
+    })
+}
+
+/// Sends one request; a refusal or failure becomes the one line to print and the exit code.
+pub fn call(config_flag: Option<&std::path::Path>, req: &Request) -> Result<Response, Failure> {
+    ok(call_raw(config_flag, req)?)
+}
+
+fn ok(resp: Response) -> Result<Response, Failure> {
     if resp.ok {
         return Ok(resp);
     }
@@ -57,7 +57,7 @@ pub fn call(config_flag: Option<&std::path::Path>, req: &Request) -> Result<Resp
         code: "error".into(),
         message: "unknown error".into(),
     });
-    let exit = if DENIED.contains(&err.code.as_str()) {
+    let exit = if mandate::broker::DenyCode::is_refusal_code(&err.code) {
         Exit::Denied
     } else {
         Exit::Unavailable
@@ -72,15 +72,20 @@ fn credentials(
     reason: Option<String>,
     duration_seconds: Option<u32>,
 ) -> Result<(Response, WireCredentials), Failure> {
-    let mut resp = call(
+    let resp = call(
         config_flag,
         &Request::Credentials {
             profile,
             agent,
             reason,
             duration_seconds,
+            approval_id: None,
         },
     )?;
+    take_credentials(resp)
+}
+
+fn take_credentials(mut resp: Response) -> Result<(Response, WireCredentials), Failure> {
     let creds = resp
         .credentials
         .take()
@@ -114,15 +119,21 @@ pub fn credential_process(
     }
 }
 
-/// `request`: credentials plus what the broker decided, as JSON.
-pub fn request(
-    config_flag: Option<PathBuf>,
-    profile: String,
-    agent: Option<String>,
-    reason: Option<String>,
-    duration: Option<String>,
-) -> Exit {
-    let duration_seconds = match duration.as_deref().map(mandate::profile::parse_duration) {
+/// What `mandate request` was asked to do.
+pub struct RequestArgs {
+    pub profile: String,
+    pub agent: Option<String>,
+    pub reason: Option<String>,
+    pub duration: Option<String>,
+    pub approval: Option<String>,
+    pub wait: bool,
+    pub timeout: String,
+}
+
+/// `request`: credentials plus what the broker decided, as JSON. With `--wait`, a pending
+/// approval is polled until a human decides or it expires.
+pub fn request(config_flag: Option<PathBuf>, a: RequestArgs) -> Exit {
+    let duration_seconds = match a.duration.as_deref().map(mandate::profile::parse_duration) {
         None => None,
         Some(Ok(s)) => Some(s.min(u64::from(u32::MAX)) as u32),
         Some(Err(m)) => {
@@ -130,27 +141,93 @@ pub fn request(
             return Exit::Usage;
         }
     };
-    match credentials(
-        config_flag.as_deref(),
-        profile,
-        agent,
-        reason,
-        duration_seconds,
-    ) {
-        Ok((r, c)) => {
-            let body = serde_json::json!({
-                "AccessKeyId": c.access_key_id,
-                "SecretAccessKey": c.secret_access_key.expose(),
-                "SessionToken": c.session_token.expose(),
-                "Expiration": c.expiration,
-                "request_id": r.request_id,
-                "agent": r.agent,
-                "profile": r.profile,
-                "cached": r.cached,
-            });
-            print_bytes(format!("{body}\n").as_bytes())
+    let timeout = match mandate::profile::parse_duration(&a.timeout) {
+        Ok(s) => Duration::from_secs(s),
+        Err(m) => {
+            eprintln!("error: --timeout: {m}");
+            return Exit::Usage;
         }
-        Err(f) => fail(f),
+    };
+    let mut approval_id = match a
+        .approval
+        .as_deref()
+        .map(mandate::approval::ApprovalId::parse)
+    {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(m)) => {
+            eprintln!("error: --approval: {m}");
+            return Exit::Usage;
+        }
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let mut announced = false;
+    loop {
+        let req = Request::Credentials {
+            profile: a.profile.clone(),
+            agent: a.agent.clone(),
+            reason: a.reason.clone(),
+            duration_seconds,
+            approval_id: approval_id.clone(),
+        };
+        let resp = match call_raw(config_flag.as_deref(), &req) {
+            Ok(r) => r,
+            Err(f) => return fail(f),
+        };
+        let pending = resp
+            .error
+            .as_ref()
+            .is_some_and(|e| e.code == "approval_pending");
+        if !pending {
+            return match ok(resp).and_then(take_credentials) {
+                Ok((r, c)) => {
+                    let body = serde_json::json!({
+                        "AccessKeyId": c.access_key_id,
+                        "SecretAccessKey": c.secret_access_key.expose(),
+                        "SessionToken": c.session_token.expose(),
+                        "Expiration": c.expiration,
+                        "request_id": r.request_id,
+                        "agent": r.agent,
+                        "profile": r.profile,
+                        "cached": r.cached,
+                        "approval": r.approval,
+                    });
+                    print_bytes(format!("{body}\n").as_bytes())
+                }
+                Err(f) => fail(f),
+            };
+        }
+        if !a.wait {
+            return fail(Failure(
+                Exit::Denied,
+                resp.error.map(|e| e.message).unwrap_or_default(),
+            ));
+        }
+        if !announced {
+            eprintln!(
+                "mandate: {} (waiting up to {} s)",
+                one_line(&resp.error.map(|e| e.message).unwrap_or_default()),
+                timeout.as_secs()
+            );
+            announced = true;
+        }
+        // Follow this exact request from now on, so a decision on it is what ends the wait.
+        if approval_id.is_none() {
+            approval_id = resp
+                .approval
+                .as_ref()
+                .and_then(|v| v.get("id"))
+                .and_then(|v| v.as_str())
+                .and_then(|s| mandate::approval::ApprovalId::parse(s).ok());
+        }
+        if std::time::Instant::now() >= deadline {
+            return fail(Failure(
+                Exit::Denied,
+                "gave up waiting for approval (--timeout); the request stays pending until it expires"
+                    .into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

@@ -70,9 +70,15 @@ pub fn run(a: InitArgs) -> Exit {
         }
     };
     let mut names = Vec::new();
+    let mut unbound = Vec::new();
     let mut roles = BTreeSet::new();
     for f in &files {
         match profile::load(f) {
+            // One person cannot satisfy the two-person rule: such profiles wait for peers.
+            Ok(p) if matches!(p.approval, profile::Approval::Peers(_)) => {
+                roles.insert(p.role.as_str().to_owned());
+                unbound.push(format!("{} ({})", p.name.as_str(), p.approval));
+            }
             Ok(p) => {
                 roles.insert(p.role.as_str().to_owned());
                 names.push(p.name.as_str().to_owned());
@@ -106,6 +112,13 @@ pub fn run(a: InitArgs) -> Exit {
         toml.push_str(&format!(
             "\n[roles.{role}]\narn = {:?}   # the role agents of this kind assume\nmax_session = \"1h\"\n",
             a.role_arn
+        ));
+    }
+    if !unbound.is_empty() {
+        toml.push_str(&format!(
+            "\n# Not bound below, because they need approvers other than you: {}.\n\
+             # Declare those people in [approvers] (with their own uids) and add the profiles.\n",
+            unbound.join(", ")
         ));
     }
     toml.push_str(&format!(

@@ -13,6 +13,7 @@
 //! | 6 | unavailable: the daemon is not running, or it cannot reach AWS or write its audit log |
 
 mod agent;
+mod approve;
 mod audit;
 mod creds;
 mod init;
@@ -96,6 +97,15 @@ enum Command {
         /// A duration shorter than the profile's, like 15m
         #[arg(long)]
         duration: Option<String>,
+        /// If the profile needs approval, wait until a human decides (or the request expires)
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits at most
+        #[arg(long, default_value = "15m", requires = "wait")]
+        timeout: String,
+        /// Redeem (or wait for) this approval request id
+        #[arg(long, value_name = "ID")]
+        approval: Option<String>,
     },
     /// Print shell export lines: eval "$(mandate env PROFILE)"
     Env {
@@ -153,6 +163,74 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// List approval requests
+    #[command(subcommand)]
+    Approvals(approve::ApprovalsCmd),
+    /// Approve a pending request (approvers only)
+    #[command(long_about = "Approve a pending request (approvers only).\n\n\
+        An approval binds the exact request (agent, profile and policy hash, role, duration, \
+        reason), is used for one session, and expires if not used in time. Under the two-person \
+        rule the agent's operator never counts, and each approver counts once.")]
+    Approve {
+        /// The request id (from the agent's message or `mandate approvals list`)
+        id: String,
+        /// A note for the audit log
+        #[arg(long)]
+        note: Option<String>,
+        /// Act as this approver (when your uid belongs to several)
+        #[arg(long = "as", value_name = "NAME")]
+        as_approver: Option<String>,
+    },
+    /// Reject a pending request for good (approvers only)
+    Reject {
+        /// The request id
+        id: String,
+        /// Why (recorded in the audit log and shown to the agent)
+        #[arg(long)]
+        note: Option<String>,
+        /// Act as this approver
+        #[arg(long = "as", value_name = "NAME")]
+        as_approver: Option<String>,
+    },
+    /// Stop issuing to an agent, a profile, a session or everyone (approvers only)
+    #[command(
+        long_about = "Stop issuing to an agent, a profile, a session or everyone (approvers only).\n\n\
+        Takes effect at once for new credentials: persisted, cached sessions dropped, audited \
+        before the command returns. With --aws, also writes an inline policy \
+        (mandate-revocations) on the affected roles that denies every action to sessions of the \
+        scope issued before now (aws:SourceIdentity / session tag and aws:TokenIssueTime); AWS \
+        takes a few minutes to apply it. `mandate revoke --gc` removes denials no live session \
+        can match any more (12 hours on)."
+    )]
+    Revoke {
+        #[command(flatten)]
+        scope: Option<approve::ScopeArgs>,
+        /// Remove AWS denials that can no longer match a live session
+        #[arg(long, conflicts_with = "aws")]
+        gc: bool,
+        /// Also deny already-issued sessions at AWS (IAM PutRolePolicy)
+        #[arg(long)]
+        aws: bool,
+        /// Machine-readable output (includes the exact policy documents)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a revocation for new credentials (approvers only)
+    Unrevoke {
+        #[command(flatten)]
+        scope: approve::ScopeArgs,
+    },
+    /// Reset a tripped circuit breaker (approvers only)
+    #[command(subcommand)]
+    Breaker(approve::BreakerCmd),
+    /// Stop every issuance and delivery until `mandate resume` (approvers only)
+    Pause {
+        /// Why (recorded in the audit log and shown to agents)
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift `mandate pause` (approvers only)
+    Resume,
     /// Declare agents of the container-credentials endpoint and rotate their tokens
     #[command(subcommand)]
     Agent(agent::AgentCmd),
@@ -203,7 +281,21 @@ pub fn main() -> ExitCode {
             agent,
             reason,
             duration,
-        } => creds::request(config, profile, agent, reason, duration),
+            wait,
+            timeout,
+            approval,
+        } => creds::request(
+            config,
+            creds::RequestArgs {
+                profile,
+                agent,
+                reason,
+                duration,
+                approval,
+                wait,
+                timeout,
+            },
+        ),
         Command::Env { profile, agent } => creds::env(config, profile, agent),
         Command::Exec {
             profile,
@@ -226,6 +318,29 @@ pub fn main() -> ExitCode {
             force,
         }),
         Command::Agent(cmd) => agent::run(config, cmd),
+        Command::Approvals(approve::ApprovalsCmd::List { all, json }) => {
+            approve::list(config, all, json)
+        }
+        Command::Approve {
+            id,
+            note,
+            as_approver,
+        } => approve::vote(config, id, true, note, as_approver),
+        Command::Reject {
+            id,
+            note,
+            as_approver,
+        } => approve::vote(config, id, false, note, as_approver),
+        Command::Revoke {
+            scope,
+            gc,
+            aws,
+            json,
+        } => approve::revoke(config, scope, gc, aws, json),
+        Command::Unrevoke { scope } => approve::unrevoke(config, scope),
+        Command::Breaker(cmd) => approve::breaker(config, cmd),
+        Command::Pause { reason } => approve::pause(config, true, reason),
+        Command::Resume => approve::pause(config, false, None),
         Command::Audit(cmd) => audit::run(config, cmd),
         Command::Profiles(cmd) => profiles::run(cmd),
         Command::Completions { shell } => {

@@ -87,15 +87,8 @@ fn init_logging(format: LogFormat) {
 
 /// Shared-uid warning of design invariant 7.
 fn warn_shared_uids(c: &Config) {
-    for agent in c.agents.values() {
-        for approver in c.approvers.values() {
-            if let Some(uid) = agent.uids.iter().find(|u| approver.uids.contains(u)) {
-                tracing::warn!(
-                    agent = %agent.name, approver = %approver.name, uid,
-                    "agent and approver share a uid: approval for this agent is advisory, not a boundary; run the agent as another uid or in a container"
-                );
-            }
-        }
+    for line in c.advisory_approvals() {
+        tracing::warn!("{line}");
     }
 }
 
@@ -144,6 +137,14 @@ async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
             return Exit::Unavailable;
         }
     };
+    // Approvals, revocations, breaker trips and the pause survive restarts here.
+    let store = match mandate::approval::store::SqliteStore::open(&c.store_path()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}; refusing to start without the approval store");
+            return Exit::Unavailable;
+        }
+    };
     let mut started = Record::new(Kind::Started);
     started.message = Some(format!(
         "mandate {} serving {} profile(s)",
@@ -176,11 +177,24 @@ async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
         tracing::info!("base credentials are temporary: sessions are capped at 1 hour");
     }
     let base_is_temporary = issuer.base_is_temporary;
-    let broker = Arc::new(Broker::new(
+    let parts = mandate::broker::Parts {
+        store: Arc::new(store),
+        revoker: Arc::new(issuer.revoker()),
+        notifier: mandate::notify::Notifier::start(c.notify.clone()),
+        clock: Arc::new(mandate::clock::unix_now),
+    };
+    let broker = match Broker::with_parts(
         State::new(loaded, base_is_temporary),
         issuer,
         audit.clone(),
-    ));
+        parts,
+    ) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::Unavailable;
+        }
+    };
     tracing::info!(socket = %c.socket.display(), http = ?c.http, config = %path.display(), "mandate is serving");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -272,6 +272,10 @@ arn = "{ROLE_ARN}"
 [agents.claude]
 profiles = ["readonly", "s3-data", "deploy-staging"]
 uids = [{uid}]
+operator = "human"
+
+[approvers.human]
+uids = [{uid}]
 {extra}"#,
         profiles.display()
     )
@@ -454,4 +458,77 @@ impl Daemon {
             .status();
         g.0.wait().ok()
     }
+}
+
+/// Evaluates requests of an assumed-role session of `ROLE_ARN` whose role has a permissive policy
+/// (Allow `*` on `*`) plus `role_policies` (e.g. the `mandate-revocations` inline policy) with the
+/// independent IAM evaluator `@cloud-copilot/iam-simulate` (`tests/iam-sim/revocation.mjs`).
+///
+/// Each case is `{"name", "action", "resource" (a concrete ARN), "context": {KEY: VALUE}}`; the
+/// context keys (`aws:SourceIdentity`, `aws:TokenIssueTime`, `aws:PrincipalTag/...`) are passed to
+/// the simulator verbatim. Returns name → `Allowed` | `ExplicitlyDenied` | `ImplicitlyDenied`.
+/// Panics when a case cannot be evaluated, including when the simulator drops a context key.
+pub fn iam_sim_revocation(
+    role_policies: &[serde_json::Value],
+    cases: &[serde_json::Value],
+) -> std::collections::BTreeMap<String, String> {
+    let modules = root().join("tests/iam-sim/node_modules/@cloud-copilot/iam-simulate");
+    assert!(
+        modules.exists(),
+        "{} is missing: run `npm ci --prefix tests/iam-sim` (the test-only IAM evaluator)",
+        modules.display()
+    );
+    let input = serde_json::json!({ "role_policies": role_policies, "cases": cases });
+    let mut child = Command::new("node")
+        .arg("tests/iam-sim/revocation.mjs")
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run node (needed for tests/iam-sim): {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .expect("write the cases to revocation.mjs");
+    let out = child.wait_with_output().expect("wait for revocation.mjs");
+    assert!(
+        out.status.success(),
+        "node tests/iam-sim/revocation.mjs failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "revocation.mjs printed no JSON array: {e}\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(
+        results.len(),
+        cases.len(),
+        "one result per case: {results:?}"
+    );
+    let errors: Vec<String> = results
+        .iter()
+        .filter(|r| r["result"] == "Error")
+        .map(|r| format!("{}: {}", r["name"], r["errors"]))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the IAM simulator could not evaluate some cases:\n{}",
+        errors.join("\n")
+    );
+    let mut map = std::collections::BTreeMap::new();
+    for r in results {
+        let name = r["name"].as_str().expect("case name").to_owned();
+        let result = r["result"].as_str().expect("result").to_owned();
+        assert!(
+            map.insert(name.clone(), result).is_none(),
+            "duplicate case name {name}"
+        );
+    }
+    map
 }

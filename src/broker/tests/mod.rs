@@ -55,7 +55,7 @@ arn = "arn:aws:iam::123456789012:role/deployer"
 arn = "arn:aws:iam::123456789012:role/admin"
 
 [agents.claude]
-profiles = ["readonly", "s3-data", "deploy-staging"]
+profiles = ["readonly", "s3-data", "deploy-staging", "breakglass-admin"]
 uids = [1000]
 operator = "alice"
 
@@ -65,6 +65,10 @@ uids = [2000]
 
 [approvers.alice]
 uids = [1000]
+[approvers.bob]
+uids = [1001]
+[approvers.carol]
+uids = [1002]
 "#;
 
 fn state(base_is_temporary: bool) -> State {
@@ -133,14 +137,8 @@ fn authorization_table() {
             req("nope"),
             Err((DenyCode::UnknownProfile, "no profile named \"nope\"")),
         ),
-        (
-            CLAUDE,
-            req("deploy-staging"),
-            Err((
-                DenyCode::ApprovalRequired,
-                "profile deploy-staging needs approval (operator), and this broker version cannot collect approvals yet; nothing was issued",
-            )),
-        ),
+        // Needs a human: shown as the duration plus a marker (see below).
+        (CLAUDE, req("deploy-staging"), Ok(1_800_000)),
         (
             CLAUDE,
             CredRequest {
@@ -162,8 +160,18 @@ fn authorization_table() {
         ),
     ];
     for (caller, r, want) in cases {
-        let got = match authorize(&s, &caller, &r) {
+        let got = match authorize(&s, &Controls::default(), &caller, &r) {
             Decision::Granted(g) => Ok(g.duration_seconds()),
+            Decision::NeedsApproval(c) => {
+                assert_eq!(
+                    c.requirement(),
+                    &Requirement::Operator {
+                        operator: "alice".into()
+                    }
+                );
+                assert_eq!(c.binding().duration_seconds, 1800);
+                Ok(c.binding().duration_seconds * 1000)
+            }
             Decision::Denied(d) => Err((d.code, d.message)),
         };
         let want = want.map_err(|(c, m)| (c, m.to_owned()));
@@ -177,7 +185,7 @@ fn temporary_base_credentials_cap_sessions_at_one_hour() {
     // Pretend the role allows 12 h and the profile asks for 12 h.
     let role = s.config.roles.get_mut("sandbox").unwrap();
     role.max_session = crate::profile::SessionDuration::parse("12h").unwrap();
-    let Decision::Granted(g) = authorize(&s, &CLAUDE, &req("s3-data")) else {
+    let Decision::Granted(g) = authorize(&s, &Controls::default(), &CLAUDE, &req("s3-data")) else {
         panic!()
     };
     assert_eq!(g.duration_seconds(), 3600);
@@ -332,3 +340,5 @@ async fn a_failed_audit_log_stops_issuance_before_sts() {
     assert_eq!(broker.issuer.calls.load(Ordering::SeqCst), 0);
     drop(dir);
 }
+
+mod approvals;

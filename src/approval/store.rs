@@ -1,0 +1,310 @@
+//! Where approvals, revocations, breaker trips and the pause flag live across restarts.
+//!
+//! A narrow interface ([`Store`]) with one implementation on an embedded SQLite file. Every
+//! state change is a compare-and-swap on the row's version, so several daemons sharing one
+//! database (a later backend) still redeem an approval at most once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{ApprovalId, ApprovalRequest};
+use crate::revoke::{Pause, Revocation, Trip};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the approval store {path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the approval store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the approval store holds an unreadable record: {0}")]
+    Corrupt(String),
+}
+
+/// The operations the broker needs; nothing else touches the database.
+pub trait Store: Send + Sync {
+    fn insert(&self, r: &ApprovalRequest) -> Result<(), StoreError>;
+    fn get(&self, id: &ApprovalId) -> Result<Option<ApprovalRequest>, StoreError>;
+    /// Requests of `agent` with this binding digest, newest first.
+    fn by_digest(&self, agent: &str, digest: &str) -> Result<Vec<ApprovalRequest>, StoreError>;
+    /// Requests created at or after `since`, newest first, at most `limit`.
+    fn list(&self, since: i64, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError>;
+    /// Replaces the request if the stored version is still `expected`; false if someone else
+    /// changed it first.
+    fn replace(&self, expected: u64, r: &ApprovalRequest) -> Result<bool, StoreError>;
+    /// Requests of `agent` still pending at `now`.
+    fn count_pending(&self, agent: &str, now: i64) -> Result<usize, StoreError>;
+
+    fn put_revocation(&self, r: &Revocation) -> Result<(), StoreError>;
+    fn delete_revocation(&self, id: &str) -> Result<(), StoreError>;
+    fn revocations(&self) -> Result<Vec<Revocation>, StoreError>;
+
+    fn put_trip(&self, t: &Trip) -> Result<(), StoreError>;
+    fn delete_trip(&self, agent: &str) -> Result<bool, StoreError>;
+    fn trips(&self) -> Result<Vec<Trip>, StoreError>;
+
+    fn set_pause(&self, p: Option<&Pause>) -> Result<(), StoreError>;
+    fn pause(&self) -> Result<Option<Pause>, StoreError>;
+}
+
+/// The default store: one SQLite file in the state directory (0600, rollback journal,
+/// synchronous=FULL: a change is on disk before the call returns).
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    pending_until INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS approvals_by_digest ON approvals (agent, digest);
+CREATE INDEX IF NOT EXISTS approvals_by_time ON approvals (created_at);
+CREATE TABLE IF NOT EXISTS revocations (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trips (agent TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+";
+
+impl SqliteStore {
+    /// Opens (creating with mode 0600 if absent) the store file.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let db = |source| StoreError::Db {
+            path: path.to_owned(),
+            source,
+        };
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
+        let conn = Connection::open(path).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// An in-memory store (tests).
+    pub fn in_memory() -> SqliteStore {
+        let conn = Connection::open_in_memory().expect("sqlite in memory");
+        conn.execute_batch(SCHEMA).expect("schema");
+        SqliteStore {
+            path: PathBuf::from(":memory:"),
+            conn: Mutex::new(conn),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn).map_err(|source| StoreError::Db {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("store records serialize")
+}
+
+fn stage_name(r: &ApprovalRequest) -> &'static str {
+    match r.stage {
+        super::Stage::Pending => "pending",
+        super::Stage::Approved { .. } => "approved",
+        super::Stage::Rejected { .. } => "rejected",
+        super::Stage::Redeemed { .. } => "redeemed",
+    }
+}
+
+impl Store for SqliteStore {
+    fn insert(&self, r: &ApprovalRequest) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO approvals (id, agent, digest, created_at, pending_until, stage, version, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    r.id.as_str(),
+                    r.binding.agent,
+                    r.digest,
+                    r.created_at,
+                    r.pending_until,
+                    stage_name(r),
+                    r.version as i64,
+                    encode(r)
+                ],
+            )
+            .map(drop)
+        })
+    }
+
+    fn get(&self, id: &ApprovalId) -> Result<Option<ApprovalRequest>, StoreError> {
+        let data: Option<String> = self.with(|c| {
+            c.query_row(
+                "SELECT data FROM approvals WHERE id = ?1",
+                params![id.as_str()],
+                |row| row.get(0),
+            )
+            .optional()
+        })?;
+        data.map(|d| decode(&d)).transpose()
+    }
+
+    fn by_digest(&self, agent: &str, digest: &str) -> Result<Vec<ApprovalRequest>, StoreError> {
+        let rows: Vec<String> = self.with(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT data FROM approvals WHERE agent = ?1 AND digest = ?2
+                 ORDER BY created_at DESC, rowid DESC LIMIT 16",
+            )?;
+            s.query_map(params![agent, digest], |row| row.get(0))?
+                .collect()
+        })?;
+        rows.iter().map(|d| decode(d)).collect()
+    }
+
+    fn list(&self, since: i64, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError> {
+        let rows: Vec<String> = self.with(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT data FROM approvals WHERE created_at >= ?1
+                 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
+            )?;
+            s.query_map(params![since, limit as i64], |row| row.get(0))?
+                .collect()
+        })?;
+        rows.iter().map(|d| decode(d)).collect()
+    }
+
+    fn replace(&self, expected: u64, r: &ApprovalRequest) -> Result<bool, StoreError> {
+        let n = self.with(|c| {
+            c.execute(
+                "UPDATE approvals SET stage = ?1, version = ?2, data = ?3
+                 WHERE id = ?4 AND version = ?5",
+                params![
+                    stage_name(r),
+                    r.version as i64,
+                    encode(r),
+                    r.id.as_str(),
+                    expected as i64
+                ],
+            )
+        })?;
+        Ok(n == 1)
+    }
+
+    fn count_pending(&self, agent: &str, now: i64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM approvals WHERE agent = ?1 AND stage = 'pending' AND pending_until > ?2",
+                params![agent, now],
+                |row| row.get::<_, i64>(0),
+            )
+        })
+        .map(|n| n as usize)
+    }
+
+    fn put_revocation(&self, r: &Revocation) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO revocations (id, data) VALUES (?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET data = excluded.data",
+                params![r.id, encode(r)],
+            )
+            .map(drop)
+        })
+    }
+
+    fn delete_revocation(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM revocations WHERE id = ?1", params![id])
+                .map(drop)
+        })
+    }
+
+    fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+        let rows: Vec<String> = self.with(|c| {
+            let mut s = c.prepare_cached("SELECT data FROM revocations ORDER BY rowid")?;
+            s.query_map([], |row| row.get(0))?.collect()
+        })?;
+        rows.iter().map(|d| decode(d)).collect()
+    }
+
+    fn put_trip(&self, t: &Trip) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO trips (agent, data) VALUES (?1, ?2)
+                 ON CONFLICT(agent) DO UPDATE SET data = excluded.data",
+                params![t.agent, encode(t)],
+            )
+            .map(drop)
+        })
+    }
+
+    fn delete_trip(&self, agent: &str) -> Result<bool, StoreError> {
+        self.with(|c| c.execute("DELETE FROM trips WHERE agent = ?1", params![agent]))
+            .map(|n| n == 1)
+    }
+
+    fn trips(&self) -> Result<Vec<Trip>, StoreError> {
+        let rows: Vec<String> = self.with(|c| {
+            let mut s = c.prepare_cached("SELECT data FROM trips ORDER BY agent")?;
+            s.query_map([], |row| row.get(0))?.collect()
+        })?;
+        rows.iter().map(|d| decode(d)).collect()
+    }
+
+    fn set_pause(&self, p: Option<&Pause>) -> Result<(), StoreError> {
+        self.with(|c| match p {
+            Some(p) => c
+                .execute(
+                    "INSERT INTO flags (name, data) VALUES ('pause', ?1)
+                     ON CONFLICT(name) DO UPDATE SET data = excluded.data",
+                    params![encode(p)],
+                )
+                .map(drop),
+            None => c
+                .execute("DELETE FROM flags WHERE name = 'pause'", [])
+                .map(drop),
+        })
+    }
+
+    fn pause(&self) -> Result<Option<Pause>, StoreError> {
+        let data: Option<String> = self.with(|c| {
+            c.query_row("SELECT data FROM flags WHERE name = 'pause'", [], |row| {
+                row.get(0)
+            })
+            .optional()
+        })?;
+        data.map(|d| decode(&d)).transpose()
+    }
+}

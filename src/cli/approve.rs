@@ -1,0 +1,261 @@
+//! Human commands: `approvals list`, `approve`, `reject`, `revoke`, `unrevoke`,
+//! `breaker reset`, `pause`, `resume`. The daemon decides who may; this file only prints.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use mandate::approval::ApprovalId;
+use mandate::protocol::Request;
+use mandate::revoke::Scope;
+
+use super::creds::{Failure, call};
+use super::{Exit, print_bytes};
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCmd {
+    /// List approval requests (open ones, unless --all)
+    List {
+        /// Also decided and expired requests
+        #[arg(long)]
+        all: bool,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BreakerCmd {
+    /// Unlock an agent whose circuit breaker tripped
+    Reset {
+        /// The agent
+        agent: String,
+    },
+}
+
+/// Exactly one of the scopes.
+#[derive(Debug, Args)]
+#[group(required = false, multiple = false)]
+pub struct ScopeArgs {
+    /// Every session and request of this agent
+    #[arg(long, value_name = "NAME")]
+    agent: Option<String>,
+    /// Every session and request of this profile
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// One session, by request id or session name (see `mandate status`)
+    #[arg(long, value_name = "ID")]
+    session: Option<String>,
+    /// Every agent
+    #[arg(long)]
+    all: bool,
+}
+
+impl ScopeArgs {
+    fn scope(self) -> Option<Scope> {
+        match (self.agent, self.profile, self.session, self.all) {
+            (Some(a), _, _, _) => Some(Scope::Agent(a)),
+            (_, Some(p), _, _) => Some(Scope::Profile(p)),
+            (_, _, Some(s), _) => Some(Scope::Session(s)),
+            (_, _, _, true) => Some(Scope::All),
+            _ => None,
+        }
+    }
+}
+
+fn fail(f: Failure) -> Exit {
+    eprintln!("mandate: {}", f.1.replace(['\n', '\r'], " "));
+    f.0
+}
+
+fn safe(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => {
+            mandate::audit::verify::terminal_safe(&serde_json::to_string(s).unwrap_or_default())
+                .trim_matches('"')
+                .to_owned()
+        }
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn list(config: Option<PathBuf>, all: bool, json: bool) -> Exit {
+    let resp = match call(config.as_deref(), &Request::Approvals { all }) {
+        Ok(r) => r,
+        Err(f) => return fail(f),
+    };
+    let items = resp.result.unwrap_or_default();
+    if json {
+        return print_bytes(format!("{items}\n").as_bytes());
+    }
+    let rows = items.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        return print_bytes(b"no approval requests\n");
+    }
+    let mut out = format!(
+        "{:<16}  {:<8}  {:<12}  {:<18}  {:<9}  {:<20}  {}\n",
+        "ID", "STATUS", "AGENT", "PROFILE", "APPROVALS", "EXPIRES", "REASON"
+    );
+    for r in rows {
+        let have = r["approvals"].as_array().map(|a| a.len()).unwrap_or(0);
+        out.push_str(&format!(
+            "{:<16}  {:<8}  {:<12}  {:<18}  {:<9}  {:<20}  {}\n",
+            safe(&r["id"]),
+            safe(&r["status"]),
+            safe(&r["agent"]),
+            safe(&r["profile"]),
+            format!("{have}/{}", r["need"]),
+            safe(&r["expires"]),
+            safe(&r["reason"]),
+        ));
+    }
+    print_bytes(out.as_bytes())
+}
+
+pub fn vote(
+    config: Option<PathBuf>,
+    id: String,
+    approve: bool,
+    note: Option<String>,
+    as_approver: Option<String>,
+) -> Exit {
+    let id = match ApprovalId::parse(&id) {
+        Ok(id) => id,
+        Err(m) => {
+            eprintln!("error: {m}");
+            return Exit::Usage;
+        }
+    };
+    let req = Request::Vote {
+        id,
+        approve,
+        note,
+        approver: as_approver,
+    };
+    match call(config.as_deref(), &req) {
+        Ok(r) => {
+            let v = r.result.unwrap_or_default();
+            let line = match v["status"].as_str() {
+                Some("approved") => format!(
+                    "approved request {}: the agent may now use it once",
+                    safe(&v["id"])
+                ),
+                Some("rejected") => format!("rejected request {}", safe(&v["id"])),
+                _ if v["outcome"] == "duplicate" => format!(
+                    "{} already approved request {} (counted once): {}/{} approvals",
+                    safe(&v["approver"]),
+                    safe(&v["id"]),
+                    v["have"],
+                    v["need"]
+                ),
+                _ => format!(
+                    "counted {}'s approval of request {}: {}/{} approvals",
+                    safe(&v["approver"]),
+                    safe(&v["id"]),
+                    v["have"],
+                    v["need"]
+                ),
+            };
+            print_bytes(format!("{line}\n").as_bytes())
+        }
+        Err(f) => fail(f),
+    }
+}
+
+pub fn revoke(
+    config: Option<PathBuf>,
+    scope: Option<ScopeArgs>,
+    gc: bool,
+    aws: bool,
+    json: bool,
+) -> Exit {
+    let req = match (scope.and_then(ScopeArgs::scope), gc) {
+        (None, true) => Request::RevokeGc,
+        (Some(scope), false) => Request::Revoke { scope, aws },
+        _ => {
+            eprintln!("error: pass one of --agent, --profile, --session, --all, or --gc");
+            return Exit::Usage;
+        }
+    };
+    match call(config.as_deref(), &req) {
+        Ok(r) => {
+            let v = r.result.unwrap_or_default();
+            if json {
+                return print_bytes(format!("{v}\n").as_bytes());
+            }
+            let mut out = String::new();
+            if let Some(scope) = v["scope"].as_str() {
+                out.push_str(&format!(
+                    "revoked {}: no new credentials from now on; {} cached sessions dropped\n",
+                    safe(&serde_json::Value::String(scope.into())),
+                    v["purged"]
+                ));
+            }
+            for p in v["policies"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "wrote inline policy {} on {} ({} characters): it denies sessions issued before now; AWS takes a few minutes to apply it everywhere\n",
+                    safe(&p["policy_name"]),
+                    safe(&p["role_arn"]),
+                    p["chars"]
+                ));
+            }
+            for role in v["removed"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "removed the revocation policy from {} (no session it denied can still be alive)\n",
+                    safe(role)
+                ));
+            }
+            if out.is_empty() {
+                out.push_str("nothing to collect\n");
+            }
+            print_bytes(out.as_bytes())
+        }
+        Err(f) => fail(f),
+    }
+}
+
+pub fn unrevoke(config: Option<PathBuf>, scope: ScopeArgs) -> Exit {
+    let Some(scope) = scope.scope() else {
+        eprintln!("error: pass one of --agent, --profile, --session or --all");
+        return Exit::Usage;
+    };
+    match call(config.as_deref(), &Request::Unrevoke { scope: scope.clone() }) {
+        Ok(_) => print_bytes(
+            format!(
+                "lifted the revocation of {scope}: new credentials may be issued again (sessions revoked at AWS stay revoked)\n"
+            )
+            .as_bytes(),
+        ),
+        Err(f) => fail(f),
+    }
+}
+
+pub fn breaker(config: Option<PathBuf>, cmd: BreakerCmd) -> Exit {
+    let BreakerCmd::Reset { agent } = cmd;
+    match call(
+        config.as_deref(),
+        &Request::BreakerReset {
+            agent: agent.clone(),
+        },
+    ) {
+        Ok(_) => print_bytes(format!("reset agent {agent}'s circuit breaker\n").as_bytes()),
+        Err(f) => fail(f),
+    }
+}
+
+pub fn pause(config: Option<PathBuf>, pause: bool, reason: Option<String>) -> Exit {
+    let req = if pause {
+        Request::Pause { reason }
+    } else {
+        Request::Resume
+    };
+    match call(config.as_deref(), &req) {
+        Ok(_) => print_bytes(if pause {
+            b"paused: no agent gets credentials until `mandate resume`\n".as_slice()
+        } else {
+            b"resumed: credentials are issued again\n".as_slice()
+        }),
+        Err(f) => fail(f),
+    }
+}

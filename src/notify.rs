@@ -1,0 +1,149 @@
+//! Notifications for humans: a pending approval or a tripped breaker runs the configured command
+//! (event JSON on stdin) and/or POSTs the event to a webhook, each with a timeout.
+//!
+//! Events go through a bounded queue to one worker, so a slow or dead receiver never delays an
+//! issuance; when the queue is full the event is dropped and logged.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::config::Notify;
+
+/// Events waiting to be delivered.
+pub const QUEUE: usize = 64;
+
+/// Checks a webhook URL at config time.
+pub fn check_url(s: &str) -> Result<(), String> {
+    let uri: hyper::Uri = s
+        .parse()
+        .map_err(|e| format!("{} is not a URL: {e}", crate::diag::quoted(s)))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(()),
+        _ => Err(format!(
+            "{} must be an http:// or https:// URL with a host",
+            crate::diag::quoted(s)
+        )),
+    }
+}
+
+#[derive(Clone)]
+pub struct Notifier {
+    tx: Option<mpsc::Sender<serde_json::Value>>,
+}
+
+impl Notifier {
+    /// A notifier that drops everything (no `[notify]` configured).
+    pub fn none() -> Notifier {
+        Notifier { tx: None }
+    }
+
+    /// Starts the worker on the current runtime.
+    pub fn start(cfg: Notify) -> Notifier {
+        if cfg.command.is_none() && cfg.webhook.is_none() {
+            return Notifier::none();
+        }
+        let (tx, mut rx) = mpsc::channel::<serde_json::Value>(QUEUE);
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let body = event.to_string();
+                if let Some(argv) = &cfg.command
+                    && let Err(e) = run_command(argv, &body, cfg.timeout).await
+                {
+                    tracing::warn!(command = %argv[0], error = %e, "notification command failed");
+                }
+                if let Some(url) = &cfg.webhook
+                    && let Err(e) = post(url, body, cfg.timeout).await
+                {
+                    tracing::warn!(error = %e, "notification webhook failed");
+                }
+            }
+        });
+        Notifier { tx: Some(tx) }
+    }
+
+    /// Queues an event; never waits.
+    pub fn send(&self, event: serde_json::Value) {
+        if let Some(tx) = &self.tx
+            && let Err(e) = tx.try_send(event)
+        {
+            tracing::warn!(error = %e, "notification dropped (queue full or worker gone)");
+        }
+    }
+}
+
+async fn run_command(argv: &[String], body: &str, timeout: Duration) -> Result<(), String> {
+    let mut child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let mut stdin = child.stdin.take();
+    let run = async {
+        if let Some(s) = stdin.as_mut() {
+            s.write_all(body.as_bytes()).await.ok();
+        }
+        drop(stdin);
+        child.wait().await
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Err(_) => Err(format!("killed after {} s", timeout.as_secs())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(s)) if s.success() => Ok(()),
+        Ok(Ok(s)) => Err(format!("exited with {s}")),
+    }
+}
+
+async fn post(url: &str, body: String, timeout: Duration) -> Result<(), String> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| format!("no TLS root certificates: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, Full<Bytes>>(https);
+    let req = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .header("user-agent", concat!("mandate/", env!("CARGO_PKG_VERSION")))
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let send = async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        // Read (and discard) a bounded amount of the answer so the connection completes.
+        let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+            .collect()
+            .await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {status}"))
+        }
+    };
+    tokio::time::timeout(timeout, send)
+        .await
+        .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_urls() {
+        assert!(check_url("https://hooks.example.com/x").is_ok());
+        assert!(check_url("http://127.0.0.1:8080/hook").is_ok());
+        assert_eq!(
+            check_url("ftp://x").unwrap_err(),
+            "\"ftp://x\" must be an http:// or https:// URL with a host"
+        );
+        assert!(check_url("not a url").is_err());
+    }
+}

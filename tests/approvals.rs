@@ -1,0 +1,581 @@
+//! Approvals, revocation, breakers and the pause through the real binary: the daemon against
+//! moto, clients as the AWS CLI would run them, humans and agents as different uids.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok_json(o: &Output) -> Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// The request id in a pending message (`... request 0123456789abcdef is pending ...`).
+fn pending_id(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(o));
+    assert!(o.stdout.is_empty(), "nothing on stdout while pending");
+    let e = stderr(o);
+    let id = e
+        .split("request ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or_else(|| panic!("no request id in {e:?}"));
+    assert_eq!(id.len(), 16, "{e}");
+    assert!(e.contains(&format!("`mandate approve {id}`")), "{e}");
+    assert_eq!(e.lines().count(), 1, "one line: {e}");
+    id.to_owned()
+}
+
+/// Opens the daemon's socket and config to other uids (only the peer-uid check stands).
+fn open_up(d: &Daemon) -> std::path::PathBuf {
+    for p in [d.dir.path(), &d.dir.path().join("run")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bin = d.dir.path().join("mandate-client");
+    std::fs::copy(env!("CARGO_BIN_EXE_mandate"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// `mandate ARGS` as another uid.
+fn as_uid(d: &Daemon, bin: &std::path::Path, uid: u32, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+        ])
+        .arg(bin)
+        .arg("--config")
+        .arg(&d.config)
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+fn kinds(d: &Daemon, kind: &str) -> Vec<Value> {
+    d.audit()
+        .into_iter()
+        .filter(|r| r["kind"] == kind)
+        .collect()
+}
+
+fn verify(d: &Daemon) {
+    let out = d.mandate(&["audit", "verify"]);
+    assert!(out.status.success(), "audit verify: {}", stderr(&out));
+}
+
+/// The Kiro scenario on a single-user laptop: the agent asks for a destructive capability, gets
+/// a pending id, a human approves, the agent proceeds; a revoke stops it.
+#[test]
+fn ask_first_approval_then_revoke_on_a_laptop() {
+    let moto = Moto::start();
+    let mut d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    // claude and its operator share this uid: the daemon says approval is advisory.
+    assert!(
+        d.log().contains(
+            "agent claude and its operator human share uid 0: operator approval for this agent is advisory, not a boundary"
+        ),
+        "{}",
+        d.log()
+    );
+    let id = pending_id(&d.mandate(&["credential-process", "deploy-staging"]));
+    assert!(moto.assumed_roles().is_empty(), "nothing reached STS");
+
+    let list = ok_json(&d.mandate(&["approvals", "list", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["status"], "pending");
+    assert_eq!(list[0]["agent"], "claude");
+    assert_eq!(list[0]["profile"], "deploy-staging");
+    assert_eq!(list[0]["needs"], "operator human");
+    let text = d.mandate(&["approvals", "list"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains(&id));
+
+    let out = d.mandate(&["approve", &id, "--note", "staging only"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("approved request {id}: the agent may now use it once\n")
+    );
+    // The agent proceeds, through the AWS CLI's credential_process.
+    let aws = aws_cli()
+        .args(["--endpoint-url", &moto.endpoint()])
+        .args(["sts", "get-caller-identity", "--profile", "agent"])
+        .env("AWS_CONFIG_FILE", d.aws_config("deploy-staging"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(aws.status.success(), "{}", stderr(&aws));
+    let who: Value = serde_json::from_slice(&aws.stdout).unwrap();
+    assert!(
+        who["Arn"].as_str().unwrap().contains("/mandate-claude-"),
+        "{who}"
+    );
+    assert_eq!(moto.assumed_roles().len(), 1);
+    // The approval is used: it cannot be voted on again.
+    let again = d.mandate(&["approve", &id]);
+    assert_eq!(again.status.code(), Some(5));
+    assert_eq!(
+        stderr(&again),
+        format!("mandate: request {id} is redeemed and can no longer be voted on\n")
+    );
+
+    // A human revokes the agent: the next call fails at once, cache or not.
+    let out = d.mandate(&["revoke", "--agent", "claude"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(
+            "revoked agent claude: no new credentials from now on; 1 cached sessions dropped"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for profile in ["deploy-staging", "readonly"] {
+        let out = d.mandate(&["credential-process", profile]);
+        assert_eq!(out.status.code(), Some(5));
+        assert!(out.stdout.is_empty());
+        assert!(
+            stderr(&out).starts_with("mandate: agent claude is revoked (by human at "),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // It survives a restart.
+    d.stop();
+    d.restart();
+    let out = d.mandate(&["credential-process", "readonly"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let out = d.mandate(&["unrevoke", "--agent", "claude"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = d.mandate(&["credential-process", "readonly"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    assert_eq!(kinds(&d, "pending")[0]["approval_id"], id.as_str());
+    let approved = kinds(&d, "approved");
+    assert_eq!(approved.len(), 1);
+    assert_eq!(approved[0]["approver"], "human");
+    assert_eq!(approved[0]["note"], "staging only");
+    let issued = kinds(&d, "issued");
+    assert_eq!(issued[0]["approval_id"], id.as_str());
+    let revoked: Vec<Value> = kinds(&d, "revoked")
+        .iter()
+        .map(|r| r["decision"].clone())
+        .collect();
+    assert_eq!(revoked, [json!("revoked"), json!("unrevoked")]);
+    verify(&d);
+}
+
+/// Agents running as their own uids: they can never approve; the operator approves ask-first
+/// requests; the two-person rule needs two approvers other than the operator.
+#[test]
+fn agents_cannot_approve_and_peers_never_include_the_operator() {
+    let moto = Moto::start();
+    let extra = r#"
+[agents.bot]
+profiles = ["deploy-staging", "breakglass-admin"]
+uids = [65534]
+operator = "human"
+
+[approvers.bob]
+uids = [1]
+[approvers.carol]
+uids = [2]
+"#;
+    let d = Daemon::start(&config_text(&moto.endpoint(), extra));
+    assert!(
+        !d.log().contains("agent bot and its operator"),
+        "{}",
+        d.log()
+    );
+    let bin = open_up(&d);
+    const BOT: u32 = 65534;
+
+    let id = pending_id(&as_uid(
+        &d,
+        &bin,
+        BOT,
+        &["credential-process", "deploy-staging"],
+    ));
+    // Self-approval: the agent's own uid is no approver.
+    let out = as_uid(&d, &bin, BOT, &["approve", &id]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(
+        stderr(&out),
+        "mandate: uid 65534 belongs to agent bot and to no approver: agents cannot approve, revoke or pause\n"
+    );
+    // Agents cannot reject, revoke, pause or reset breakers either.
+    for args in [
+        &["reject", &id][..],
+        &["revoke", "--all"],
+        &["pause"],
+        &["breaker", "reset", "bot"],
+    ] {
+        let out = as_uid(&d, &bin, BOT, args);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {}", stderr(&out));
+    }
+    // Another approver is not the operator.
+    let out = as_uid(&d, &bin, 1, &["approve", &id]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(
+        stderr(&out),
+        format!("mandate: only human, agent bot's operator, can approve request {id}\n")
+    );
+    let out = d.mandate(&["approve", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let creds = ok_json(&as_uid(
+        &d,
+        &bin,
+        BOT,
+        &["credential-process", "deploy-staging"],
+    ));
+    assert!(creds["AccessKeyId"].as_str().is_some());
+
+    // Two-person rule.
+    let id = pending_id(&as_uid(
+        &d,
+        &bin,
+        BOT,
+        &["credential-process", "breakglass-admin"],
+    ));
+    let out = d.mandate(&["approve", &id]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        stderr(&out).contains(
+            "human is agent bot's operator and does not count toward the two-person rule"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = as_uid(&d, &bin, 1, &["approve", &id]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("counted bob's approval of request {id}: 1/2 approvals\n")
+    );
+    let out = as_uid(&d, &bin, 1, &["approve", &id]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("bob already approved request {id} (counted once): 1/2 approvals\n")
+    );
+    assert_eq!(
+        pending_id(&as_uid(
+            &d,
+            &bin,
+            BOT,
+            &["credential-process", "breakglass-admin"]
+        )),
+        id
+    );
+    let out = as_uid(&d, &bin, 2, &["approve", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let creds = ok_json(&as_uid(
+        &d,
+        &bin,
+        BOT,
+        &["credential-process", "breakglass-admin"],
+    ));
+    assert!(creds["SessionToken"].as_str().is_some());
+    assert_eq!(moto.assumed_roles().len(), 2);
+
+    let votes: Vec<(Value, Value)> = kinds(&d, "approved")
+        .iter()
+        .map(|r| (r["approver"].clone(), r["decision"].clone()))
+        .collect();
+    assert_eq!(
+        votes,
+        [
+            (json!("human"), json!("approved")),
+            (json!("bob"), json!("counted")),
+            (json!("bob"), json!("duplicate")),
+            (json!("carol"), json!("approved")),
+        ]
+    );
+    let refused = kinds(&d, "denied")
+        .iter()
+        .filter(|r| r["code"] == "not_approver" || r["code"] == "vote_refused")
+        .count();
+    assert_eq!(refused, 7);
+    verify(&d);
+}
+
+/// `mandate request --wait` blocks until a human decides; a rejection is final and shown.
+#[test]
+fn request_wait_until_approved_or_rejected() {
+    let moto = Moto::start();
+    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let wait = |reason: &str, duration: &str| {
+        mandate_at(&d.config)
+            .args([
+                "request",
+                "deploy-staging",
+                "--reason",
+                reason,
+                "--duration",
+                duration,
+            ])
+            .args(["--wait", "--timeout", "60s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let pending = || -> Option<String> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            let list = ok_json(&d.mandate(&["approvals", "list", "--json"]));
+            if let Some(r) = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["status"] == "pending")
+            {
+                return r["id"].as_str().map(str::to_owned);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    };
+
+    let child = wait("roll out the fix", "30m");
+    let id = pending().expect("a pending request");
+    assert!(d.mandate(&["approve", &id]).status.success());
+    let out = child.wait_with_output().unwrap();
+    let v = ok_json(&out);
+    assert_eq!(v["approval"]["id"], id.as_str());
+    assert!(v["AccessKeyId"].as_str().is_some());
+    assert!(stderr(&out).contains(&format!("request {id} is pending")));
+
+    // (A shorter session than the approved one: the cached, approved session does not apply.)
+    let child = wait("drop the prod table", "20m");
+    let id = pending().expect("a pending request");
+    let out = d.mandate(&["reject", &id, "--note", "no"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).ends_with(&format!(
+            "mandate: approval request {id} is rejected by human: no; nothing was issued\n"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(moto.assumed_roles().len(), 1);
+    verify(&d);
+}
+
+/// Breaker, rate limit, pause and resume through the CLI, each audited.
+#[test]
+fn breaker_rate_limit_pause_and_resume() {
+    let moto = Moto::start();
+    let extra = "\n[limits]\nbreaker_denials = 3\nmax_issuances = 2\nwindow = \"1h\"\n";
+    let mut d = Daemon::start(&config_text(&moto.endpoint(), extra));
+    let code = |d: &Daemon, args: &[&str]| d.mandate(args).status.code();
+
+    // Rate limit: two new sessions per hour; a third (new duration, so not cached) is refused.
+    for dur in ["15m", "16m"] {
+        assert_eq!(
+            code(&d, &["request", "readonly", "--duration", dur]),
+            Some(0)
+        );
+    }
+    let out = d.mandate(&["request", "readonly", "--duration", "17m"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        stderr(&out)
+            .starts_with("mandate: agent claude reached its limit of 2 new sessions per 3600 s"),
+        "{}",
+        stderr(&out)
+    );
+    // Cached deliveries are not issuances.
+    assert_eq!(
+        code(&d, &["request", "readonly", "--duration", "15m"]),
+        Some(5),
+        "custom durations are never cached"
+    );
+    // That was the second denial; one more trips the breaker.
+    assert_eq!(
+        code(&d, &["credential-process", "no-such-profile"]),
+        Some(5)
+    );
+    let out = d.mandate(&["credential-process", "s3-data"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        stderr(&out).contains("is locked by its circuit breaker")
+            && stderr(&out).contains("mandate breaker reset claude"),
+        "{}",
+        stderr(&out)
+    );
+    // Survives a restart.
+    d.stop();
+    d.restart();
+    assert_eq!(code(&d, &["credential-process", "s3-data"]), Some(5));
+    let out = d.mandate(&["breaker", "reset", "claude"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = d.mandate(&["pause", "--reason", "incident 7"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = d.mandate(&["credential-process", "readonly"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        stderr(&out).contains("the broker is paused (by human at "),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("incident 7"));
+    let status = ok_json(&d.mandate(&["status", "--json"]));
+    assert_eq!(status["paused"]["reason"], "incident 7");
+    assert!(d.mandate(&["resume"]).status.success());
+    // Resumed; the rate-limit window still holds claude's two sessions, so ask for a cached one.
+    let out = d.mandate(&["credential-process", "readonly"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let breaker: Vec<Value> = kinds(&d, "breaker")
+        .iter()
+        .map(|r| r["decision"].clone())
+        .collect();
+    assert_eq!(
+        breaker,
+        [
+            json!("tripped"),
+            json!("reset"),
+            json!("paused"),
+            json!("resumed")
+        ]
+    );
+    let codes: Vec<Value> = kinds(&d, "denied")
+        .iter()
+        .map(|r| r["code"].clone())
+        .collect();
+    assert!(codes.contains(&json!("rate_limited")), "{codes:?}");
+    assert!(codes.contains(&json!("breaker_open")));
+    assert!(codes.contains(&json!("paused")));
+    verify(&d);
+}
+
+/// `revoke --aws` puts exactly the broker's policy on the role; the independent IAM evaluator
+/// says that policy denies the revoked agent's older sessions and allows others and newer ones;
+/// `revoke --gc` removes it once no session it covers can be alive.
+#[test]
+fn revoke_aws_writes_the_role_policy_and_gc_removes_it() {
+    let moto = Moto::start();
+    let mut d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let out = d.mandate(&["credential-process", "readonly"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let v = ok_json(&d.mandate(&["revoke", "--agent", "claude", "--aws", "--json"]));
+    let policies = v["policies"].as_array().unwrap();
+    // Every example role points at the one seeded role, so one policy.
+    assert_eq!(policies.len(), 1, "{v}");
+    assert_eq!(
+        policies[0]["role_arn"],
+        "arn:aws:iam::123456789012:role/agent-role"
+    );
+    let written: Value = serde_json::from_str(policies[0]["document"].as_str().unwrap()).unwrap();
+    let get_policy = || {
+        aws_cli()
+            .args(["--endpoint-url", &moto.endpoint(), "iam", "get-role-policy"])
+            .args([
+                "--role-name",
+                "agent-role",
+                "--policy-name",
+                "mandate-revocations",
+            ])
+            .args(["--query", "PolicyDocument", "--output", "json"])
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .output()
+            .unwrap()
+    };
+    let at_moto = get_policy();
+    assert!(at_moto.status.success(), "{}", stderr(&at_moto));
+    let at_moto: Value = serde_json::from_slice(&at_moto.stdout).unwrap();
+    assert_eq!(
+        at_moto, written,
+        "moto holds exactly the policy the broker wrote"
+    );
+
+    let t = written["Statement"][0]["Condition"]["DateLessThan"]["aws:TokenIssueTime"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let case = |name: &str, who: &str, issued: &str| {
+        json!({
+            "name": name,
+            "action": "cloudformation:DeleteStack",
+            "resource": "arn:aws:cloudformation:us-east-1:123456789012:stack/prod/1",
+            "context": {"aws:SourceIdentity": who, "aws:TokenIssueTime": issued},
+        })
+    };
+    let got = iam_sim_revocation(
+        &[at_moto],
+        &[
+            case("claude-older", "mandate-claude", "2026-01-01T00:00:00Z"),
+            case("claude-newer", "mandate-claude", "2099-01-01T00:00:00Z"),
+            case("other-older", "mandate-other", "2026-01-01T00:00:00Z"),
+        ],
+    );
+    let want: std::collections::BTreeMap<String, String> = [
+        ("claude-older", "ExplicitlyDenied"),
+        ("claude-newer", "Allowed"),
+        ("other-older", "Allowed"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    .collect();
+    assert_eq!(got, want, "revoked at {t}");
+
+    // Too early to collect: --gc rewrites the same document (idempotent).
+    let v = ok_json(&d.mandate(&["revoke", "--gc", "--json"]));
+    assert_eq!(v["removed"], json!([]));
+    let again: Value = serde_json::from_slice(&get_policy().stdout).unwrap();
+    assert_eq!(again, written);
+
+    // Thirteen hours later (moved in the store while the daemon is down), --gc deletes it.
+    d.stop();
+    let db = d.dir.path().join("state/approvals.db");
+    let out = python()
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+             c.execute(\"UPDATE revocations SET data = json_set(data, '$.at', json_extract(data, '$.at') - 46800)\"); \
+             c.commit()",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.restart();
+    let v = ok_json(&d.mandate(&["revoke", "--gc", "--json"]));
+    assert_eq!(
+        v["removed"],
+        json!(["arn:aws:iam::123456789012:role/agent-role"])
+    );
+    let gone = get_policy();
+    assert!(!gone.status.success());
+    assert!(stderr(&gone).contains("NoSuchEntity"), "{}", stderr(&gone));
+    // The agent is still revoked for new credentials until someone lifts it.
+    assert_eq!(
+        d.mandate(&["credential-process", "readonly"]).status.code(),
+        Some(5)
+    );
+    let decisions: Vec<Value> = kinds(&d, "revoked")
+        .iter()
+        .map(|r| r["decision"].clone())
+        .collect();
+    assert_eq!(decisions, [json!("revoked+aws"), json!("gc"), json!("gc")]);
+    verify(&d);
+}
