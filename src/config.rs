@@ -1245,6 +1245,19 @@ uids = [1000]
                     "broker.toml:9:19: agents.a.default_profile: \"y\" is not one of this agent's profiles",
                 ],
             ),
+            (
+                "limits, approvals and notify",
+                "[broker]\nstate_dir = \"s\"\nsocket = \"s\"\nprofiles_dir = \"p\"\n[roles.r]\narn = \"arn:aws:iam::123456789012:role/r\"\n[limits]\nmax_issuance = 3\nwindow = \"0s\"\n[approvals]\nuse_within = \"30s\"\nmax_pending = 0\n[notify]\nwebhook = \"ftp://x\"\ncommand = []\ntimeout = \"2m\"\n",
+                &[
+                    "broker.toml:8:1: limits: unknown key \"max_issuance\"; did you mean \"max_issuances\"?",
+                    "broker.toml:9:10: limits.window: 0 s is outside the allowed range 1..=604800 s",
+                    "broker.toml:11:14: approvals.use_within: 30 s is outside the allowed range 60..=86400 s",
+                    "broker.toml:12:15: approvals.max_pending: expected an integer from 1 to 1000",
+                    "broker.toml:14:11: notify.webhook: \"ftp://x\" must be an http:// or https:// URL with a host",
+                    "broker.toml:15:11: notify.command: must not be empty",
+                    "broker.toml:16:11: notify.timeout: 120 s is outside the allowed range 1..=60 s",
+                ],
+            ),
         ];
         for (what, src, want) in cases {
             let got = parse_str(src).unwrap_err();

@@ -579,3 +579,124 @@ fn revoke_aws_writes_the_role_policy_and_gc_removes_it() {
     assert_eq!(decisions, [json!("revoked+aws"), json!("gc"), json!("gc")]);
     verify(&d);
 }
+
+const WEBHOOK: &str = r#"
+import http.server, sys
+port, path = int(sys.argv[1]), sys.argv[2]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        with open(path, "ab") as f:
+            f.write(self.headers.get("content-type", "").encode() + b" " + body + b"\n")
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+fn lines_eventually(path: &std::path::Path, n: usize) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= n || start.elapsed() > Duration::from_secs(30) {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A pending approval and a tripped breaker run the notification command (event JSON on stdin)
+/// and POST the event to the webhook; a command that hangs is killed at the timeout and delays
+/// nobody's issuance.
+#[test]
+fn notifications_reach_the_command_and_the_webhook_without_delaying_issuance() {
+    let moto = Moto::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let events = scratch.path().join("events.jsonl");
+    let hooks = scratch.path().join("hooks.txt");
+    let port = free_port();
+    let _hook = Guard(
+        python()
+            .args(["-c", WEBHOOK, &port.to_string()])
+            .arg(&hooks)
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "webhook server");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let extra = format!(
+        "\n[limits]\nbreaker_denials = 2\n\n[notify]\ncommand = [\"sh\", \"-c\", \"cat >> {}; echo >> {}; sleep 30\"]\nwebhook = \"http://127.0.0.1:{port}/hook\"\ntimeout = \"2s\"\n",
+        events.display(),
+        events.display()
+    );
+    let d = Daemon::start(&config_text(&moto.endpoint(), &extra));
+    let id = pending_id(&d.mandate(&["credential-process", "deploy-staging"]));
+    // The notification command is still running (it sleeps); issuance goes on regardless.
+    let out = d.mandate(&["credential-process", "readonly"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for _ in 0..2 {
+        assert_eq!(
+            d.mandate(&["credential-process", "nope"]).status.code(),
+            Some(5)
+        );
+    }
+    assert_eq!(
+        d.mandate(&["credential-process", "readonly"]).status.code(),
+        Some(5),
+        "tripped"
+    );
+
+    let got = lines_eventually(&events, 2);
+    assert_eq!(got.len(), 2, "{got:?}\n{}", d.log());
+    let pending: Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(pending["event"], "approval_pending");
+    assert_eq!(pending["id"], id.as_str());
+    assert_eq!(pending["agent"], "claude");
+    assert_eq!(pending["profile"], "deploy-staging");
+    assert_eq!(pending["approve"], format!("mandate approve {id}"));
+    let tripped: Value = serde_json::from_str(&got[1]).unwrap();
+    assert_eq!(tripped["event"], "breaker_tripped");
+    assert_eq!(tripped["reset"], "mandate breaker reset claude");
+
+    let posted = lines_eventually(&hooks, 2);
+    assert_eq!(posted.len(), 2, "{posted:?}\n{}", d.log());
+    for (line, event) in posted.iter().zip(["approval_pending", "breaker_tripped"]) {
+        let (ctype, body) = line.split_once(' ').unwrap();
+        assert_eq!(ctype, "application/json");
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["event"], event);
+    }
+    assert!(
+        d.log().contains("notification command failed") && d.log().contains("killed after 2 s"),
+        "{}",
+        d.log()
+    );
+}
+
+/// An agent bound to profiles whose approvals nobody could give is a config error, reported
+/// before anything is bound.
+#[test]
+fn agents_must_have_someone_who_can_approve_their_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("broker.toml");
+    let extra =
+        "\n[agents.solo]\nprofiles = [\"deploy-staging\", \"breakglass-admin\"]\nuids = [4242]\n";
+    std::fs::write(&cfg, config_text("http://127.0.0.1:9", extra)).unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, err) = serve_once(&cfg);
+    assert_eq!(code, Some(3), "{err}");
+    let label = cfg.display();
+    assert_eq!(
+        err,
+        format!(
+            "{label}: agents.solo: profile breakglass-admin needs 2 peer approvers, but only 1 qualify (the operator and approvers sharing a uid with the agent never count)\n\
+             {label}: agents.solo: profile deploy-staging needs its operator's approval, but the agent has no operator (set operator = \"NAME\" to one of [approvers])\n\
+             error: 2 problem(s) in the broker config or its profiles\n"
+        )
+    );
+}
