@@ -43,6 +43,9 @@ pub trait Store: Send + Sync {
     fn replace(&self, expected: u64, r: &ApprovalRequest) -> Result<bool, StoreError>;
     /// Requests of `agent` still pending at `now`.
     fn count_pending(&self, agent: &str, now: i64) -> Result<usize, StoreError>;
+    /// Forgets requests created before `before` (all long decided or expired; the audit log
+    /// keeps their story). Returns how many.
+    fn prune(&self, before: i64) -> Result<usize, StoreError>;
 
     fn put_revocation(&self, r: &Revocation) -> Result<(), StoreError>;
     fn delete_revocation(&self, id: &str) -> Result<(), StoreError>;
@@ -231,6 +234,15 @@ impl Store for SqliteStore {
             )
         })
         .map(|n| n as usize)
+    }
+
+    fn prune(&self, before: i64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM approvals WHERE created_at < ?1",
+                params![before],
+            )
+        })
     }
 
     fn put_revocation(&self, r: &Revocation) -> Result<(), StoreError> {

@@ -306,6 +306,10 @@ fn the_store_swaps_only_the_version_it_read() {
     assert!(!s.replace(r.version, &b).unwrap());
     assert_eq!(s.get(&r.id).unwrap().unwrap().status(NOW), Status::Approved);
     assert_eq!(s.list(0, 10).unwrap().len(), 1);
+    // Old requests are forgotten (the audit log keeps them); newer ones are kept.
+    assert_eq!(s.prune(NOW).unwrap(), 0);
+    assert_eq!(s.prune(NOW + 1).unwrap(), 1);
+    assert_eq!(s.get(&r.id).unwrap(), None);
 }
 
 #[test]

@@ -404,9 +404,12 @@ impl<I: Issuer> Broker<I> {
             active: !matches!(scope, Scope::Session(_)),
             aws_roles: if aws { roles } else { Vec::new() },
         };
-        let stored = rev.clone();
-        self.db(move |s| s.put_revocation(&stored)).await?;
-        self.update_controls(|c| c.revocations.push(rev.clone()));
+        // A session revoked without --aws only leaves the cache: nothing to keep.
+        if rev.active || !rev.aws_roles.is_empty() {
+            let stored = rev.clone();
+            self.db(move |s| s.put_revocation(&stored)).await?;
+            self.update_controls(|c| c.revocations.push(rev.clone()));
+        }
         let purged = self.purge(&state, &scope);
         let mut r = Record::new(Kind::Revoked);
         r.approver = Some(approver);

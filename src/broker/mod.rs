@@ -582,6 +582,8 @@ impl<I: Issuer> Broker<I> {
         audit: AuditLog,
         parts: Parts,
     ) -> Result<Self, StoreError> {
+        // Requests are kept 30 days (pending ones expire within 7); the audit log keeps them.
+        parts.store.prune((parts.clock)() - 30 * 86_400)?;
         let controls = Controls {
             paused: parts.store.pause()?,
             revocations: parts.store.revocations()?,
@@ -746,19 +748,27 @@ impl<I: Issuer> Broker<I> {
         for r in found {
             let status = r.status(now);
             match status {
-                crate::approval::Status::Approved => match self.redeem(r, &digest, now).await? {
-                    Ok(proof) => {
-                        let grant = c.redeemed(&proof);
-                        return self
-                            .issue(state, caller, grant, req.reason, Some(proof.id))
-                            .await;
-                    }
-                    Err(e) if req.approval_id.is_some() => {
-                        let d = deny(DenyCode::ApprovalClosed, e.to_string());
+                crate::approval::Status::Approved => {
+                    // Limits first, so that a refusal does not use up the approval.
+                    if r.digest == digest
+                        && let Err(d) = self.check_limits(&agent, &state.config.limits)
+                    {
                         return Err(self.refuse(&caller, &req.profile, req.reason, d).await);
                     }
-                    Err(_) => continue,
-                },
+                    match self.redeem(r, &digest, now).await? {
+                        Ok(proof) => {
+                            let grant = c.redeemed(&proof);
+                            return self
+                                .issue(state, caller, grant, req.reason, Some(proof.id))
+                                .await;
+                        }
+                        Err(e) if req.approval_id.is_some() => {
+                            let d = deny(DenyCode::ApprovalClosed, e.to_string());
+                            return Err(self.refuse(&caller, &req.profile, req.reason, d).await);
+                        }
+                        Err(_) => continue,
+                    }
+                }
                 crate::approval::Status::Pending => {
                     return Err(BrokerError::Pending(pending_of(&r)));
                 }
