@@ -221,6 +221,58 @@ fn main() {
         );
     }
 
+    // Approvals: what a human and an agent wait for (SQLite writes with fsync, the audit
+    // record, and for the redemption one STS AssumeRole at moto).
+    let rounds = 20;
+    let (mut open, mut approve, mut redeem) = (Vec::new(), Vec::new(), Vec::new());
+    let run = |args: &[&str]| {
+        let mut c = Command::new(MANDATE);
+        clean_env(&mut c);
+        c.arg("--config").arg(&d.config).args(args);
+        c.output().unwrap()
+    };
+    for i in 0..rounds {
+        // A new duration each round: a new request, never a cached session.
+        let duration = format!("{}s", 900 + i);
+        let args = ["request", "deploy-staging", "--duration", duration.as_str()];
+        let t = Instant::now();
+        let out = run(&args);
+        open.push(t.elapsed());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let id = err
+            .split("request ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .unwrap_or_else(|| panic!("no pending id in {err}"))
+            .to_owned();
+        let t = Instant::now();
+        assert!(run(&["approve", &id]).status.success());
+        approve.push(t.elapsed());
+        let t = Instant::now();
+        let out = run(&[&args[..], &["--approval", id.as_str()]].concat());
+        redeem.push(t.elapsed());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!("\n## approval round trip (CLI to daemon, {rounds} new requests)\n");
+    println!("| step | median | p99 |");
+    println!("|---|---|---|");
+    for (what, mut v) in [
+        ("request → pending id", open),
+        ("`mandate approve ID`", approve),
+        ("redeem: request --approval ID (incl. AssumeRole)", redeem),
+    ] {
+        v.sort();
+        println!(
+            "| {what} | {} | {} |",
+            ms(percentile(&v, 0.5)),
+            ms(percentile(&v, 0.99))
+        );
+    }
+
     std::thread::sleep(Duration::from_secs(2));
     let pid = std::fs::read_dir("/proc")
         .unwrap()

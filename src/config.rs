@@ -248,6 +248,19 @@ impl Config {
                 ));
             }
         }
+        for agent in self.agents.values() {
+            for a in self.approvers.values() {
+                if agent.operator.as_deref() == Some(a.name.as_str()) {
+                    continue;
+                }
+                if let Some(uid) = a.uids.iter().find(|u| agent.uids.contains(u)) {
+                    out.push(format!(
+                        "agent {} shares uid {uid} with approver {}: that agent can act as {} (approve other agents' requests, revoke, pause); give each human a uid of their own",
+                        agent.name, a.name, a.name
+                    ));
+                }
+            }
+        }
         out
     }
 
@@ -1253,7 +1266,7 @@ uids = [1000]
                     "broker.toml:9:10: limits.window: 0 s is outside the allowed range 1..=604800 s",
                     "broker.toml:11:14: approvals.use_within: 30 s is outside the allowed range 60..=86400 s",
                     "broker.toml:12:15: approvals.max_pending: expected an integer from 1 to 1000",
-                    "broker.toml:14:11: notify.webhook: \"ftp://x\" must be an http:// or https:// URL with a host",
+                    "broker.toml:14:11: notify.webhook: must be an http:// or https:// URL with a host",
                     "broker.toml:15:11: notify.command: must not be empty",
                     "broker.toml:16:11: notify.timeout: 120 s is outside the allowed range 1..=60 s",
                 ],

@@ -51,6 +51,26 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// One line that is safe to print on a terminal: line breaks become spaces, and every other
+/// control character (C0, DEL, C1) and every bidirectional-formatting character is shown as a
+/// `\u{..}` escape, so text an agent or approver wrote cannot move the cursor, recolour the
+/// screen or reorder what a human reads.
+pub fn terminal_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\r' => out.push(' '),
+            c if c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Renders text a user wrote (keys, values) for an error message: quoted, with control and
 /// non-printing characters escaped, and cut at 80 characters, so that a message is always one
 /// line and nothing reaches a terminal as an escape sequence.
@@ -75,6 +95,15 @@ pub fn quoted(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn terminal_lines_escape_controls_and_bidi() {
+        assert_eq!(
+            super::terminal_line("a\nb\x1b[31mred\u{202e}txt\u{9b}"),
+            "a b\\u{1b}[31mred\\u{202e}txt\\u{9b}"
+        );
+        assert_eq!(super::terminal_line("plain é"), "plain é");
+    }
+
     use super::*;
 
     #[test]

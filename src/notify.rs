@@ -18,15 +18,11 @@ pub const QUEUE: usize = 64;
 
 /// Checks a webhook URL at config time.
 pub fn check_url(s: &str) -> Result<(), String> {
-    let uri: hyper::Uri = s
-        .parse()
-        .map_err(|e| format!("{} is not a URL: {e}", crate::diag::quoted(s)))?;
+    // The URL itself is never echoed: webhook URLs often embed a secret.
+    let uri: hyper::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") if uri.host().is_some() => Ok(()),
-        _ => Err(format!(
-            "{} must be an http:// or https:// URL with a host",
-            crate::diag::quoted(s)
-        )),
+        _ => Err("must be an http:// or https:// URL with a host".into()),
     }
 }
 
@@ -76,8 +72,12 @@ impl Notifier {
 }
 
 async fn run_command(argv: &[String], body: &str, timeout: Duration) -> Result<(), String> {
+    // A small, fixed environment: never the daemon's own (which may hold base credentials).
     let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LANG", "C.UTF-8")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -141,8 +141,8 @@ mod tests {
         assert!(check_url("https://hooks.example.com/x").is_ok());
         assert!(check_url("http://127.0.0.1:8080/hook").is_ok());
         assert_eq!(
-            check_url("ftp://x").unwrap_err(),
-            "\"ftp://x\" must be an http:// or https:// URL with a host"
+            check_url("ftp://secret-token@x").unwrap_err(),
+            "must be an http:// or https:// URL with a host"
         );
         assert!(check_url("not a url").is_err());
     }

@@ -101,6 +101,11 @@ pub fn role_policy(revocations: &[Revocation], role_arn: &str, now: i64) -> Opti
             *t = (*t).max(r.at);
         }
     }
+    // A revocation of everyone covers every older narrower one (this keeps the policy within
+    // the role's budget: `revoke --all --aws` always fits).
+    if let Some(&all) = latest.get(&Scope::All) {
+        latest.retain(|scope, at| **scope == Scope::All || *at > all);
+    }
     if latest.is_empty() {
         return None;
     }
@@ -187,6 +192,23 @@ mod tests {
         assert_eq!(role_policy(&revs, ROLE, now), Some(doc), "deterministic");
         // Twelve hours on, no session from before the revocations can be alive.
         assert_eq!(role_policy(&revs, ROLE, now + MAX_SESSION_SECONDS), None);
+    }
+
+    #[test]
+    fn revoking_everyone_subsumes_older_narrower_revocations() {
+        let now = 1_795_000_000;
+        let mut revs: Vec<Revocation> = (0..100)
+            .map(|i| rev(Scope::Session(format!("s{i}")), now - 100 + i, &[ROLE]))
+            .collect();
+        let many = role_policy(&revs, ROLE, now).unwrap();
+        assert!(policy_chars(&many) > ROLE_INLINE_BUDGET);
+        revs.push(rev(Scope::All, now - 50, &[ROLE]));
+        let doc = role_policy(&revs, ROLE, now).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        // The 49 session revocations made after it stay (plus its own statement); the 51 made
+        // at or before it are covered by it.
+        assert_eq!(v["Statement"].as_array().unwrap().len(), 50);
+        assert!(policy_chars(&doc) < policy_chars(&many));
     }
 
     #[test]

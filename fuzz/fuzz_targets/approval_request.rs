@@ -2,14 +2,20 @@
 //! and the pure approval rules driven by a script of votes and redemptions.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mandate::approval::{ApprovalId, ApprovalRequest, Binding, Requirement, Stage, Status, Voter};
+use mandate::approval::{
+    ApprovalId, ApprovalRequest, Binding, Parties, Requirement, Stage, Status, Voter,
+};
 use mandate::protocol::Request;
 
 const NOW: i64 = 1_795_000_000;
 const NAMES: [&str; 4] = ["alice", "bob", "carol", "dave"];
 /// dave shares the agent's uid; alice is the agent's operator.
 const UIDS: [&[u32]; 4] = [&[1000], &[1001], &[1002], &[1000]];
-const AGENT_UIDS: &[u32] = &[1000];
+/// The agent runs as 1000, like its operator alice (a laptop); bob and carol are other people.
+const PARTIES: Parties<'static> = Parties {
+    agent_uids: &[1000],
+    operator_uids: &[1000],
+};
 
 fuzz_target!(|data: &[u8]| {
     // 1. The decoder: what parses re-serialises and parses to the same request.
@@ -67,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
                     name: NAMES[who],
                     uids: UIDS[who],
                 };
-                match r.vote(&voter, AGENT_UIDS, op % 4 == 0, None, now, 600) {
+                match r.vote(&voter, &PARTIES, op % 4 == 0, None, now, 600) {
                     Ok((next, _)) => {
                         assert_eq!(before, Status::Pending, "only pending requests take votes");
                         assert_eq!(next.version, r.version + 1);

@@ -138,6 +138,9 @@ impl std::fmt::Display for Requirement {
 #[serde(deny_unknown_fields)]
 pub struct Vote {
     pub approver: String,
+    /// The uids the approver had when voting (one uid never counts twice).
+    #[serde(default)]
+    pub uids: Vec<u32>,
     pub approve: bool,
     pub note: Option<String>,
     pub at: i64,
@@ -202,11 +205,19 @@ pub struct ApprovalRequest {
 }
 
 /// Who votes: an approver already identified by the transport (never by what the request
-/// claims), and the uids the requesting agent runs as.
+/// claims).
 #[derive(Clone, Debug)]
 pub struct Voter<'a> {
     pub name: &'a str,
     pub uids: &'a [u32],
+}
+
+/// Who else is involved, from the current config: the uids the requesting agent and its
+/// operator run as.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Parties<'a> {
+    pub agent_uids: &'a [u32],
+    pub operator_uids: &'a [u32],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -236,6 +247,14 @@ pub enum VoteError {
     SharesUid {
         approver: String,
         agent: String,
+        uid: u32,
+    },
+    #[error(
+        "{approver} shares uid {uid} with {other}, who is the operator or has already approved; a peer approval must come from another uid"
+    )]
+    SharesUidWithApprover {
+        approver: String,
+        other: String,
         uid: u32,
     },
 }
@@ -324,7 +343,7 @@ impl ApprovalRequest {
     pub fn vote(
         &self,
         voter: &Voter<'_>,
-        agent_uids: &[u32],
+        parties: &Parties<'_>,
         approve: bool,
         note: Option<String>,
         now: i64,
@@ -357,12 +376,37 @@ impl ApprovalRequest {
                             approver: voter.name.to_owned(),
                         });
                     }
-                    if let Some(uid) = voter.uids.iter().find(|u| agent_uids.contains(u)) {
+                    if let Some(uid) = voter.uids.iter().find(|u| parties.agent_uids.contains(u)) {
                         return Err(VoteError::SharesUid {
                             approver: voter.name.to_owned(),
                             agent: agent.clone(),
                             uid: *uid,
                         });
+                    }
+                    if let Some(uid) = voter
+                        .uids
+                        .iter()
+                        .find(|u| parties.operator_uids.contains(u))
+                    {
+                        return Err(VoteError::SharesUidWithApprover {
+                            approver: voter.name.to_owned(),
+                            other: operator.clone().unwrap_or_default(),
+                            uid: *uid,
+                        });
+                    }
+                    // Two approver names on one uid are one person.
+                    for v in self
+                        .votes
+                        .iter()
+                        .filter(|v| v.approve && v.approver != voter.name)
+                    {
+                        if let Some(uid) = voter.uids.iter().find(|u| v.uids.contains(u)) {
+                            return Err(VoteError::SharesUidWithApprover {
+                                approver: voter.name.to_owned(),
+                                other: v.approver.clone(),
+                                uid: *uid,
+                            });
+                        }
                     }
                 }
             }
@@ -386,6 +430,7 @@ impl ApprovalRequest {
         }
         next.votes.push(Vote {
             approver: voter.name.to_owned(),
+            uids: voter.uids.to_vec(),
             approve,
             note,
             at: now,

@@ -26,6 +26,8 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing the approval store: {0}")]
+    Untrusted(String),
     #[error("the approval store holds an unreadable record: {0}")]
     Corrupt(String),
 }
@@ -91,7 +93,10 @@ impl SqliteStore {
             path: path.to_owned(),
             source,
         };
-        if !path.exists() {
+        // Whoever can write the store can forge approvals: trust it like the signing key.
+        if path.exists() {
+            crate::trust::trusted_file(path, "approval store").map_err(StoreError::Untrusted)?;
+        } else {
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
                 .write(true)

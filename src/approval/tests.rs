@@ -44,7 +44,10 @@ fn peers_req(n: u8) -> ApprovalRequest {
     )
 }
 
-const AGENT_UIDS: &[u32] = &[1000];
+const AGENT_UIDS: &Parties<'static> = &Parties {
+    agent_uids: &[1000],
+    operator_uids: &[1000],
+};
 
 fn voter<'a>(name: &'a str, uids: &'a [u32]) -> Voter<'a> {
     Voter { name, uids }

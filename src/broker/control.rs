@@ -15,6 +15,68 @@ pub struct Controls {
     pub trips: BTreeMap<String, Trip>,
 }
 
+impl Controls {
+    /// Why the stop buttons refuse this agent and profile now (and, with `session`, that
+    /// session in particular), if they do.
+    pub fn stopped(&self, agent: &str, profile: &str, session: Option<&str>) -> Option<Denial> {
+        let deny = |code, message| {
+            Some(Denial {
+                code,
+                message,
+                agent: Some(agent.to_owned()),
+            })
+        };
+        if let Some(p) = &self.paused {
+            return deny(
+                DenyCode::Paused,
+                format!(
+                    "the broker is paused (by {} at {}{}); nothing is issued until an approver runs `mandate resume`",
+                    p.by,
+                    clock::rfc3339(p.at),
+                    p.reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ),
+            );
+        }
+        if let Some(t) = self.trips.get(agent) {
+            return deny(
+                DenyCode::BreakerOpen,
+                format!(
+                    "agent {agent} is locked by its circuit breaker since {} ({}); an approver runs `mandate breaker reset {agent}`",
+                    clock::rfc3339(t.at),
+                    t.reason,
+                ),
+            );
+        }
+        let hit = self.revocations.iter().find(|r| {
+            r.blocks(agent, profile)
+                || (r.active
+                    && matches!((&r.scope, session), (Scope::Session(id), Some(s)) if id == s))
+        });
+        if let Some(r) = hit {
+            let lift = match r.scope {
+                Scope::Session(_) => "; new sessions may still be requested".to_owned(),
+                _ => format!(
+                    "; nothing is issued until an approver runs `mandate unrevoke {}`",
+                    scope_flag(&r.scope)
+                ),
+            };
+            return deny(
+                DenyCode::Revoked,
+                format!(
+                    "{} is revoked (by {} at {}){lift}",
+                    r.scope,
+                    r.by,
+                    clock::rfc3339(r.at)
+                ),
+            );
+        }
+        None
+    }
+}
+
 /// Recent issuances and denials of one agent (bounded by the limits).
 #[derive(Debug, Default)]
 pub(super) struct Counters {
@@ -260,6 +322,7 @@ impl<I: Issuer> Broker<I> {
             .get(&approver)
             .map(|a| a.uids.clone())
             .unwrap_or_default();
+        let serial = self.admin.lock().await;
         loop {
             let now = self.now();
             let lookup = id.clone();
@@ -271,19 +334,24 @@ impl<I: Issuer> Broker<I> {
                 };
                 return Err(self.refuse_admin(&caller, &what, d).await);
             };
-            let agent_uids = state
-                .config
-                .agents
-                .get(&r.binding.agent)
-                .map(|a| a.uids.clone())
+            let agent = state.config.agents.get(&r.binding.agent);
+            let agent_uids = agent.map(|a| a.uids.clone()).unwrap_or_default();
+            let operator_uids = agent
+                .and_then(|a| a.operator.as_ref())
+                .and_then(|o| state.config.approvers.get(o))
+                .map(|o| o.uids.clone())
                 .unwrap_or_default();
+            let parties = crate::approval::Parties {
+                agent_uids: &agent_uids,
+                operator_uids: &operator_uids,
+            };
             let voter = Voter {
                 name: &approver,
                 uids: &voter_uids,
             };
             let use_within = state.config.approvals.use_within.as_secs() as i64;
             let (next, outcome) =
-                match r.vote(&voter, &agent_uids, approve, note.clone(), now, use_within) {
+                match r.vote(&voter, &parties, approve, note.clone(), now, use_within) {
                     Ok(x) => x,
                     Err(e) => {
                         let d = Denial {
@@ -294,11 +362,6 @@ impl<I: Issuer> Broker<I> {
                         return Err(self.refuse_admin(&caller, &what, d).await);
                     }
                 };
-            let expected = r.version;
-            let stored = next.clone();
-            if !self.db(move |s| s.replace(expected, &stored)).await? {
-                continue; // someone else voted first: read again
-            }
             let (kind, decision, have, need) = match &outcome {
                 VoteOutcome::Counted { have, need } => {
                     (Kind::Approved, "counted".to_owned(), *have, *need)
@@ -324,7 +387,22 @@ impl<I: Issuer> Broker<I> {
             rec.pid = caller.pid();
             rec.note = note.clone();
             rec.decision = Some(decision.clone());
-            self.audit.append_durable(rec).await?;
+            // An approval loosens: it is audited before it can take effect. A rejection
+            // tightens: it takes effect first, even if the audit write then fails.
+            if approve {
+                self.audit.append_durable(rec.clone()).await?;
+            }
+            let expected = r.version;
+            let stored = next.clone();
+            if !self.db(move |s| s.replace(expected, &stored)).await? {
+                // Another daemon sharing the store changed it first (votes in this daemon are
+                // serialized): read again and vote again.
+                continue;
+            }
+            if !approve {
+                self.audit.append_durable(rec).await?;
+            }
+            drop(serial); // count_denial may take it to trip the breaker
             if outcome == VoteOutcome::Rejected {
                 self.count_denial(&r.binding.agent).await?;
             }
@@ -382,7 +460,7 @@ impl<I: Issuer> Broker<I> {
             Err(d) => return Err(self.refuse_admin(&caller, &what, d).await),
         };
         let state = self.state();
-        let roles = match self.scope_roles(&state, &scope) {
+        let (scope, roles) = match self.scope_roles(&state, &scope) {
             Ok(r) => r,
             Err(m) => {
                 let d = Denial {
@@ -401,15 +479,13 @@ impl<I: Issuer> Broker<I> {
             scope: scope.clone(),
             at,
             by: approver.clone(),
-            active: !matches!(scope, Scope::Session(_)),
+            // (A session revocation stops that session's delivery; it never blocks new ones.)
+            active: true,
             aws_roles: if aws { roles } else { Vec::new() },
         };
-        // A session revoked without --aws only leaves the cache: nothing to keep.
-        if rev.active || !rev.aws_roles.is_empty() {
-            let stored = rev.clone();
-            self.db(move |s| s.put_revocation(&stored)).await?;
-            self.update_controls(|c| c.revocations.push(rev.clone()));
-        }
+        let stored = rev.clone();
+        self.db(move |s| s.put_revocation(&stored)).await?;
+        self.update_controls(|c| c.revocations.push(rev.clone()));
         let purged = self.purge(&state, &scope);
         let mut r = Record::new(Kind::Revoked);
         r.approver = Some(approver);
@@ -465,6 +541,14 @@ impl<I: Issuer> Broker<I> {
             };
             return Err(self.refuse_admin(&caller, &what, d).await);
         }
+        // Loosening: audited before it takes effect.
+        let mut r = Record::new(Kind::Revoked);
+        r.approver = Some(approver);
+        r.uid = caller.uid();
+        r.pid = caller.pid();
+        r.scope = Some(scope.to_string());
+        r.decision = Some("unrevoked".into());
+        self.audit.append_durable(r).await?;
         let stored = lifted.clone();
         self.db(move |s| {
             for r in &stored {
@@ -483,13 +567,6 @@ impl<I: Issuer> Broker<I> {
             c.revocations
                 .extend(lifted.iter().filter(|l| !l.aws_roles.is_empty()).cloned());
         });
-        let mut r = Record::new(Kind::Revoked);
-        r.approver = Some(approver);
-        r.uid = caller.uid();
-        r.pid = caller.pid();
-        r.scope = Some(scope.to_string());
-        r.decision = Some("unrevoked".into());
-        self.audit.append_durable(r).await?;
         Ok(lifted.len())
     }
 
@@ -506,11 +583,16 @@ impl<I: Issuer> Broker<I> {
         let mut roles: Vec<String> = all.iter().flat_map(|r| r.aws_roles.clone()).collect();
         roles.sort();
         roles.dedup();
+        // A session revocation has nothing left to stop once the session cannot be alive.
+        let session_over = |r: &Revocation| {
+            matches!(r.scope, Scope::Session(_)) && now >= r.at + crate::revoke::MAX_SESSION_SECONDS
+        };
         let expired: Vec<Revocation> = all
             .iter()
-            .filter(|r| !r.aws_roles.is_empty() && !r.aws_live(now))
+            .filter(|r| !r.aws_live(now) && (!r.aws_roles.is_empty() || session_over(r)))
             .map(|r| Revocation {
                 aws_roles: Vec::new(),
+                active: r.active && !session_over(r),
                 ..r.clone()
             })
             .collect();
@@ -567,7 +649,7 @@ impl<I: Issuer> Broker<I> {
                             op: "PutRolePolicy",
                             role: arn.clone(),
                             message: format!(
-                                "the revocation policy would be {chars} characters, over the role's inline budget of {}; revoke a wider scope (--agent or --all) or run `mandate revoke --gc`",
+                                "the revocation policy would be {chars} characters, over the role's inline budget of {}; `mandate revoke --all --aws` replaces the older narrower denials with one, and `mandate revoke --gc` drops those over 12 hours old",
                                 crate::revoke::ROLE_INLINE_BUDGET
                             ),
                         }
@@ -596,8 +678,10 @@ impl<I: Issuer> Broker<I> {
         Ok(())
     }
 
-    /// The role ARNs a scope's sessions can have.
-    fn scope_roles(&self, state: &State, scope: &Scope) -> Result<Vec<String>, String> {
+    /// The role ARNs a scope's sessions can have, and the scope with a session named by its
+    /// request id (what its `mandate-request-id` tag and the cache know it by).
+    fn scope_roles(&self, state: &State, scope: &Scope) -> Result<(Scope, Vec<String>), String> {
+        let mut scope = scope.clone();
         let role_of = |profile: &str| {
             state
                 .profiles
@@ -605,7 +689,7 @@ impl<I: Issuer> Broker<I> {
                 .and_then(|p| state.config.roles.get(p.profile.role.as_str()))
                 .map(|r| r.arn.clone())
         };
-        let mut roles: Vec<String> = match scope {
+        let mut roles: Vec<String> = match &scope.clone() {
             Scope::Agent(a) => match state.config.agents.get(a) {
                 Some(agent) => agent
                     .profiles
@@ -624,12 +708,16 @@ impl<I: Issuer> Broker<I> {
                     .iter()
                     .find(|s| s.request_id == *id || s.session_name == *id)
                 {
-                    Some(s) => state
-                        .config
-                        .roles
-                        .get(&s.role)
-                        .map(|r| vec![r.arn.clone()])
-                        .unwrap_or_default(),
+                    Some(s) => {
+                        let roles = state
+                            .config
+                            .roles
+                            .get(&s.role)
+                            .map(|r| vec![r.arn.clone()])
+                            .unwrap_or_default();
+                        scope = Scope::Session(s.request_id.clone());
+                        roles
+                    }
                     None => {
                         return Err(format!(
                             "no live session {} (use the request id or session name from `mandate status`, or revoke --agent)",
@@ -642,7 +730,7 @@ impl<I: Issuer> Broker<I> {
         };
         roles.sort();
         roles.dedup();
-        Ok(roles)
+        Ok((scope, roles))
     }
 
     /// Drops cached sessions in the scope; returns how many.
@@ -672,8 +760,7 @@ impl<I: Issuer> Broker<I> {
             Err(d) => return Err(self.refuse_admin(&caller, &what, d).await),
         };
         let _admin = self.admin.lock().await;
-        let a = agent.clone();
-        if !self.db(move |s| s.delete_trip(&a)).await? {
+        if !self.controls().trips.contains_key(&agent) {
             let d = Denial {
                 code: DenyCode::BadRequest,
                 message: format!("agent {agent}'s breaker is not tripped"),
@@ -681,6 +768,16 @@ impl<I: Issuer> Broker<I> {
             };
             return Err(self.refuse_admin(&caller, &what, d).await);
         }
+        // Loosening: audited before it takes effect.
+        let mut r = Record::new(Kind::Breaker);
+        r.agent = Some(agent.clone());
+        r.approver = Some(approver);
+        r.uid = caller.uid();
+        r.pid = caller.pid();
+        r.decision = Some("reset".into());
+        self.audit.append_durable(r).await?;
+        let a = agent.clone();
+        self.db(move |s| s.delete_trip(&a)).await?;
         self.update_controls(|c| {
             c.trips.remove(&agent);
         });
@@ -688,13 +785,6 @@ impl<I: Issuer> Broker<I> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&agent);
-        let mut r = Record::new(Kind::Breaker);
-        r.agent = Some(agent);
-        r.approver = Some(approver);
-        r.uid = caller.uid();
-        r.pid = caller.pid();
-        r.decision = Some("reset".into());
-        self.audit.append_durable(r).await?;
         Ok(())
     }
 
@@ -716,9 +806,6 @@ impl<I: Issuer> Broker<I> {
             by: approver.clone(),
             reason: reason.clone(),
         });
-        let stored = p.clone();
-        self.db(move |s| s.set_pause(stored.as_ref())).await?;
-        self.update_controls(|c| c.paused = p);
         let mut r = Record::new(Kind::Breaker);
         r.approver = Some(approver);
         r.uid = caller.uid();
@@ -726,7 +813,16 @@ impl<I: Issuer> Broker<I> {
         r.scope = Some("every agent".into());
         r.decision = Some(if pause { "paused" } else { "resumed" }.into());
         r.note = reason;
-        self.audit.append_durable(r).await?;
+        // Resuming loosens: audited first. Pausing tightens: in force first.
+        if !pause {
+            self.audit.append_durable(r.clone()).await?;
+        }
+        let stored = p.clone();
+        self.db(move |s| s.set_pause(stored.as_ref())).await?;
+        self.update_controls(|c| c.paused = p);
+        if pause {
+            self.audit.append_durable(r).await?;
+        }
         tracing::warn!(what, "global switch");
         Ok(())
     }

@@ -280,50 +280,8 @@ pub fn authorize(
             Some(&agent.name),
         );
     }
-    if let Some(p) = &controls.paused {
-        return deny(
-            DenyCode::Paused,
-            format!(
-                "the broker is paused (by {} at {}{}); nothing is issued until an approver runs `mandate resume`",
-                p.by,
-                clock::rfc3339(p.at),
-                p.reason
-                    .as_deref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            ),
-            Some(&agent.name),
-        );
-    }
-    if let Some(t) = controls.trips.get(&agent.name) {
-        return deny(
-            DenyCode::BreakerOpen,
-            format!(
-                "agent {} is locked by its circuit breaker since {} ({}); an approver runs `mandate breaker reset {}`",
-                agent.name,
-                clock::rfc3339(t.at),
-                t.reason,
-                agent.name
-            ),
-            Some(&agent.name),
-        );
-    }
-    if let Some(r) = controls
-        .revocations
-        .iter()
-        .find(|r| r.blocks(&agent.name, &req.profile))
-    {
-        return deny(
-            DenyCode::Revoked,
-            format!(
-                "{} is revoked (by {} at {}); nothing is issued until an approver runs `mandate unrevoke {}`",
-                r.scope,
-                r.by,
-                clock::rfc3339(r.at),
-                control::scope_flag(&r.scope)
-            ),
-            Some(&agent.name),
-        );
+    if let Some(d) = controls.stopped(&agent.name, &req.profile, None) {
+        return Decision::Denied(d);
     }
     let Some(role) = state.config.roles.get(profile.profile.role.as_str()) else {
         return deny(
@@ -945,6 +903,14 @@ impl<I: Issuer> Broker<I> {
         reason: &Option<String>,
         entry: &Entry,
     ) -> Result<Issued, BrokerError> {
+        // A revoke or pause may have landed since this request was authorized.
+        let profile = grant.profile.profile.name.as_str();
+        if let Some(d) = self
+            .controls()
+            .stopped(&grant.agent, profile, Some(&entry.request_id))
+        {
+            return Err(self.refuse(caller, profile, reason.clone(), d).await);
+        }
         let mut r = base_record(Kind::Delivered, caller, grant, reason);
         r.request_id = Some(entry.request_id.clone());
         r.access_key_id = Some(entry.credentials.access_key_id.clone());
@@ -1062,6 +1028,20 @@ impl<I: Issuer> Broker<I> {
         };
         if self.audit.is_failed() {
             return Err(AuditError::Unavailable("an earlier write failed".into()).into());
+        }
+        // A revoke or pause that landed while STS was minting: the session never leaves.
+        if let Some(d) = self
+            .controls()
+            .stopped(&grant.agent, p.name.as_str(), Some(&request_id))
+        {
+            let mut r = base(Kind::Denied);
+            r.request_id = Some(request_id.clone());
+            r.access_key_id = Some(creds.access_key_id.clone());
+            r.decision = Some("withheld".into());
+            r.code = Some(d.code.as_str().into());
+            r.message = Some(format!("minted, then withheld: {}", d.message));
+            self.audit.append_durable(r).await?;
+            return Err(BrokerError::Denied(d));
         }
         let mut r = base(Kind::Issued);
         r.request_id = Some(request_id.clone());

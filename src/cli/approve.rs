@@ -64,7 +64,7 @@ impl ScopeArgs {
 }
 
 fn fail(f: Failure) -> Exit {
-    eprintln!("mandate: {}", f.1.replace(['\n', '\r'], " "));
+    eprintln!("mandate: {}", mandate::diag::terminal_line(&f.1));
     f.0
 }
 

@@ -18,7 +18,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(70);
 pub struct Failure(pub Exit, pub String);
 
 fn one_line(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
+    mandate::diag::terminal_line(s)
 }
 
 /// Sends one request; only a transport failure is an error (the response may say `ok: false`).

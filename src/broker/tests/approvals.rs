@@ -59,6 +59,9 @@ impl World {
     }
     /// A broker over the world's store file (a "restart" is just another call).
     fn broker(&self, st: State) -> Broker<FakeIssuer> {
+        self.broker_with(st, FakeIssuer::new())
+    }
+    fn broker_with(&self, st: State, issuer: FakeIssuer) -> Broker<FakeIssuer> {
         use std::os::unix::fs::DirBuilderExt;
         let n = self.logs.fetch_add(1, Ordering::SeqCst);
         let dir = self.dir.path().join(format!("audit{n}"));
@@ -68,7 +71,7 @@ impl World {
         let clock = self.clock.clone();
         Broker::with_parts(
             st,
-            FakeIssuer::new(),
+            issuer,
             log,
             Parts {
                 store: Arc::new(SqliteStore::open(&self.dir.path().join("approvals.db")).unwrap()),
@@ -342,7 +345,10 @@ async fn changing_any_bound_field_after_approval_voids_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_parallel_redemptions_issue_exactly_once() {
     let w = World::new();
-    let b = Arc::new(w.broker(state(false)));
+    let mut st = state(false);
+    // The 99 losers are denials; keep the breaker out of this test.
+    st.config.limits.breaker_denials = 1000;
+    let b = Arc::new(w.broker(st));
     // A custom duration bypasses the cache, so every caller really tries to redeem.
     let r = CredRequest {
         duration_seconds: Some(900),
@@ -371,10 +377,7 @@ async fn a_hundred_parallel_redemptions_issue_exactly_once() {
     for t in tasks {
         match t.await.unwrap() {
             Ok(_) => ok += 1,
-            Err(e) => assert!(
-                ["approval_closed", "breaker_open"].contains(&e.code()),
-                "{e}"
-            ),
+            Err(e) => assert_eq!(e.code(), "approval_closed", "{e}"),
         }
     }
     assert_eq!(ok, 1);
@@ -614,4 +617,90 @@ async fn pause_breaker_and_rate_limit() {
         .map(|r| r["decision"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(breaker, ["paused", "resumed", "tripped", "reset"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_that_lands_while_sts_mints_withholds_the_session() {
+    let w = World::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut issuer = FakeIssuer::new();
+    issuer.gate = Some(gate.clone());
+    let b = Arc::new(w.broker_with(state(false), issuer));
+    let call = {
+        let b = b.clone();
+        tokio::spawn(async move { b.credentials(CLAUDE, req("s3-data")).await })
+    };
+    // Authorized, and now inside AssumeRole.
+    while b.issuer.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    b.revoke(uid(BOB), Scope::Agent("claude".into()), false)
+        .await
+        .unwrap();
+    gate.add_permits(1);
+    let (c, _) = code(call.await.unwrap());
+    assert_eq!(c, "revoked");
+    b.audit()
+        .append_durable(Record::new(Kind::Stopped))
+        .await
+        .unwrap();
+    let recs = w.records();
+    assert_eq!(recs.iter().filter(|r| r["kind"] == "issued").count(), 0);
+    let withheld: Vec<_> = recs
+        .iter()
+        .filter(|r| r["decision"] == "withheld")
+        .collect();
+    assert_eq!(withheld.len(), 1);
+    assert!(
+        withheld[0]["access_key_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("ASIAFAKE")
+    );
+    // Nor does a cached session survive a pause that lands after authorization: covered by
+    // `deliver` re-checking the controls (the same function as above).
+}
+
+#[test]
+fn peers_never_share_a_uid_with_the_operator_or_with_each_other() {
+    use crate::approval::{Parties, Voter};
+    let mut r = ApprovalRequest::new(
+        ApprovalId::random(),
+        Binding {
+            agent: "claude".into(),
+            profile: "breakglass-admin".into(),
+            profile_sha256: String::new(),
+            policy_sha256: String::new(),
+            role_arn: String::new(),
+            duration_seconds: 900,
+            reason: None,
+        },
+        Requirement::Peers {
+            n: 2,
+            operator: Some("alice".into()),
+        },
+        None,
+        T0,
+        900,
+    );
+    let parties = Parties {
+        agent_uids: &[3000],
+        operator_uids: &[1000],
+    };
+    let vote = |r: &ApprovalRequest, name: &str, uids: &[u32]| {
+        r.vote(&Voter { name, uids }, &parties, true, None, T0, 600)
+            .map(|(n, _)| n)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(
+        vote(&r, "alice-admin", &[1000]).unwrap_err(),
+        "alice-admin shares uid 1000 with alice, who is the operator or has already approved; a peer approval must come from another uid"
+    );
+    r = vote(&r, "bob", &[1001]).unwrap();
+    assert_eq!(
+        vote(&r, "bob-again", &[1001]).unwrap_err(),
+        "bob-again shares uid 1001 with bob, who is the operator or has already approved; a peer approval must come from another uid"
+    );
+    r = vote(&r, "carol", &[1002]).unwrap();
+    assert_eq!(r.status(T0), crate::approval::Status::Approved);
 }

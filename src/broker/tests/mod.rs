@@ -9,6 +9,8 @@ struct FakeIssuer {
     calls: AtomicUsize,
     inputs: Mutex<Vec<AssumeRoleInput>>,
     fail: Option<StsError>,
+    /// When set, each AssumeRole waits for a permit (the test decides when STS answers).
+    gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl FakeIssuer {
@@ -17,6 +19,7 @@ impl FakeIssuer {
             calls: AtomicUsize::new(0),
             inputs: Mutex::new(Vec::new()),
             fail: None,
+            gate: None,
         }
     }
 }
@@ -24,6 +27,9 @@ impl FakeIssuer {
 impl Issuer for FakeIssuer {
     async fn assume_role(&self, input: AssumeRoleInput) -> Result<Credentials, StsError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(g) = &self.gate {
+            g.acquire().await.unwrap().forget();
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
         if let Some(e) = &self.fail {
             return Err(e.clone());
