@@ -105,7 +105,7 @@ fn main() {
     )
     .unwrap();
     let extra = format!(
-        "\n[agents.bench]\nprofiles = [\"readonly\"]\ndefault_profile = \"readonly\"\ntoken_file = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+        "\n[agents.bench]\nprofiles = [\"readonly\"]\ndefault_profile = \"readonly\"\ntoken_file = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[limits]\nmax_live_sessions = 1000\n",
         token_file.display()
     );
     let d = Daemon::start(&config_text(&moto.endpoint(), &extra));
