@@ -578,6 +578,34 @@ impl ConfigParser<'_> {
         }
     }
 
+    /// Walks a flat table `[name]`: `f` parses one key (`None` for an unknown key, which is
+    /// reported with suggestions; `Some(None)` for a bad value, already reported). False if
+    /// anything was wrong.
+    fn section(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        name: &str,
+        allowed: &[&str],
+        mut f: impl FnMut(&mut Self, &str, &Spanned<DeValue<'_>>, &str) -> Option<Option<()>>,
+    ) -> bool {
+        let Some(t) = self.table(value, name) else {
+            return false;
+        };
+        let mut ok = true;
+        for (k, v) in t.iter() {
+            let key = k.get_ref().as_ref();
+            let path = format!("{name}.{key}");
+            match f(self, key, v, &path) {
+                Some(parsed) => ok &= parsed.is_some(),
+                None => {
+                    self.unknown(k, name, allowed);
+                    ok = false;
+                }
+            }
+        }
+        ok
+    }
+
     fn int(&mut self, v: &Spanned<DeValue<'_>>, path: &str, min: u64, max: u64) -> Option<u64> {
         match v
             .get_ref()
@@ -731,51 +759,24 @@ impl ConfigParser<'_> {
                     }
                 }
                 "audit" => {
-                    let Some(t) = self.table(value, "audit") else {
-                        ok = false;
-                        continue;
-                    };
-                    for (k, v) in t.iter() {
-                        let name = k.get_ref().as_ref();
-                        let path = format!("audit.{name}");
-                        let int = |w: &mut Walker<'_>, min: u64, max: u64| -> Option<u64> {
-                            match v
-                                .get_ref()
-                                .as_integer()
-                                .and_then(|i| i.as_str().parse::<u64>().ok())
-                            {
-                                Some(n) if (min..=max).contains(&n) => Some(n),
-                                _ => {
-                                    w.err(
-                                        v.span(),
-                                        &path,
-                                        format!("expected an integer from {min} to {max}"),
-                                    );
-                                    None
-                                }
-                            }
-                        };
-                        let parsed = match name {
-                            "rotate_bytes" => {
-                                int(&mut self.w, 4096, 1 << 40).map(|n| audit.rotate_bytes = n)
-                            }
-                            "checkpoint_every" => {
-                                int(&mut self.w, 1, 1_000_000).map(|n| audit.checkpoint_every = n)
-                            }
-                            "checkpoint_interval" => self
-                                .duration(v, &path, 1, 86_400)
+                    ok &= self.section(value, "audit", &AUDIT_KEYS, |p, name, v, path| {
+                        Some(match name {
+                            "rotate_bytes" => p
+                                .int(v, path, 4096, 1 << 40)
+                                .map(|n| audit.rotate_bytes = n),
+                            "checkpoint_every" => p
+                                .int(v, path, 1, 1_000_000)
+                                .map(|n| audit.checkpoint_every = n),
+                            "checkpoint_interval" => p
+                                .duration(v, path, 1, 86_400)
                                 .map(|d| audit.checkpoint_interval = d),
-                            "checkpoint_command" => self
-                                .w
-                                .list(v, &path, false, |s| Ok::<_, String>(s.to_owned()))
-                                .map(|argv| audit.checkpoint_command = Some(argv)),
-                            _ => {
-                                self.unknown(k, "audit", &AUDIT_KEYS);
-                                None
+                            "checkpoint_command" => {
+                                p.w.list(v, path, false, |s| Ok::<_, String>(s.to_owned()))
+                                    .map(|argv| audit.checkpoint_command = Some(argv))
                             }
-                        };
-                        ok &= parsed.is_some();
-                    }
+                            _ => return None,
+                        })
+                    });
                 }
                 "roles" => {
                     let Some(t) = self.table(value, "roles") else {
@@ -820,92 +821,62 @@ impl ConfigParser<'_> {
                     }
                 }
                 "approvals" => {
-                    let Some(t) = self.table(value, "approvals") else {
-                        ok = false;
-                        continue;
-                    };
-                    for (k, v) in t.iter() {
-                        let name = k.get_ref().as_ref();
-                        let path = format!("approvals.{name}");
-                        let parsed = match name {
-                            "pending_ttl" => self
-                                .duration(v, &path, 60, 7 * 86_400)
+                    ok &= self.section(value, "approvals", &APPROVAL_KEYS, |p, name, v, path| {
+                        Some(match name {
+                            "pending_ttl" => p
+                                .duration(v, path, 60, 7 * 86_400)
                                 .map(|d| approvals.pending_ttl = d),
-                            "use_within" => self
-                                .duration(v, &path, 60, 86_400)
+                            "use_within" => p
+                                .duration(v, path, 60, 86_400)
                                 .map(|d| approvals.use_within = d),
-                            "max_pending" => self
-                                .int(v, &path, 1, 1000)
+                            "max_pending" => p
+                                .int(v, path, 1, 1000)
                                 .map(|n| approvals.max_pending = n as usize),
-                            _ => {
-                                self.unknown(k, "approvals", &APPROVAL_KEYS);
-                                None
-                            }
-                        };
-                        ok &= parsed.is_some();
-                    }
+                            _ => return None,
+                        })
+                    });
                 }
                 "limits" => {
-                    let Some(t) = self.table(value, "limits") else {
-                        ok = false;
-                        continue;
-                    };
-                    for (k, v) in t.iter() {
-                        let name = k.get_ref().as_ref();
-                        let path = format!("limits.{name}");
-                        let parsed = match name {
-                            "max_issuances" => self
-                                .int(v, &path, 1, 1_000_000)
+                    ok &= self.section(value, "limits", &LIMIT_KEYS, |p, name, v, path| {
+                        Some(match name {
+                            "max_issuances" => p
+                                .int(v, path, 1, 1_000_000)
                                 .map(|n| limits.max_issuances = n as u32),
-                            "max_live_sessions" => self
-                                .int(v, &path, 1, 100_000)
+                            "max_live_sessions" => p
+                                .int(v, path, 1, 100_000)
                                 .map(|n| limits.max_live_sessions = n as u32),
-                            "breaker_denials" => self
-                                .int(v, &path, 1, 1_000_000)
+                            "breaker_denials" => p
+                                .int(v, path, 1, 1_000_000)
                                 .map(|n| limits.breaker_denials = n as u32),
-                            "window" => self
-                                .duration(v, &path, 1, 7 * 86_400)
+                            "window" => p
+                                .duration(v, path, 1, 7 * 86_400)
                                 .map(|d| limits.window = d),
-                            _ => {
-                                self.unknown(k, "limits", &LIMIT_KEYS);
-                                None
-                            }
-                        };
-                        ok &= parsed.is_some();
-                    }
+                            _ => return None,
+                        })
+                    });
                 }
                 "notify" => {
-                    let Some(t) = self.table(value, "notify") else {
-                        ok = false;
-                        continue;
-                    };
-                    for (k, v) in t.iter() {
-                        let name = k.get_ref().as_ref();
-                        let path = format!("notify.{name}");
-                        let parsed = match name {
-                            "command" => self
-                                .w
-                                .list(v, &path, false, |s| Ok::<_, String>(s.to_owned()))
-                                .map(|argv| notify.command = Some(argv)),
-                            "webhook" => self
-                                .w
-                                .string(v, &path, "an http:// or https:// URL")
-                                .and_then(|s| match crate::notify::check_url(s) {
-                                    Ok(()) => Some(s.to_owned()),
-                                    Err(m) => {
-                                        self.w.err(v.span(), &path, m);
-                                        None
-                                    }
-                                })
-                                .map(|u| notify.webhook = Some(u)),
-                            "timeout" => self.duration(v, &path, 1, 60).map(|d| notify.timeout = d),
-                            _ => {
-                                self.unknown(k, "notify", &NOTIFY_KEYS);
-                                None
+                    ok &= self.section(value, "notify", &NOTIFY_KEYS, |p, name, v, path| {
+                        Some(match name {
+                            "command" => {
+                                p.w.list(v, path, false, |s| Ok::<_, String>(s.to_owned()))
+                                    .map(|argv| notify.command = Some(argv))
                             }
-                        };
-                        ok &= parsed.is_some();
-                    }
+                            "webhook" => {
+                                p.w.string(v, path, "an http:// or https:// URL")
+                                    .and_then(|s| match crate::notify::check_url(s) {
+                                        Ok(()) => Some(s.to_owned()),
+                                        Err(m) => {
+                                            p.w.err(v.span(), path, m);
+                                            None
+                                        }
+                                    })
+                                    .map(|u| notify.webhook = Some(u))
+                            }
+                            "timeout" => p.duration(v, path, 1, 60).map(|d| notify.timeout = d),
+                            _ => return None,
+                        })
+                    });
                 }
                 "http" => {
                     let Some(t) = self.table(value, "http") else {
@@ -1256,6 +1227,14 @@ uids = [1000]
                 "[broker]\nstate_dir = \"s\"\nsocket = \"s\"\nprofiles_dir = \"p\"\n[roles.r]\narn = \"arn:aws:iam::123456789012:role/r\"\n[agents.a]\nprofiles = [\"x\"]\ndefault_profile = \"y\"\n",
                 &[
                     "broker.toml:9:19: agents.a.default_profile: \"y\" is not one of this agent's profiles",
+                ],
+            ),
+            (
+                "audit",
+                "[broker]\nstate_dir = \"s\"\nsocket = \"s\"\nprofiles_dir = \"p\"\n[roles.r]\narn = \"arn:aws:iam::123456789012:role/r\"\n[audit]\nrotate_bytes = 10\ncheckpoint_evry = 5\n",
+                &[
+                    "broker.toml:8:16: audit.rotate_bytes: expected an integer from 4096 to 1099511627776",
+                    "broker.toml:9:1: audit: unknown key \"checkpoint_evry\"; did you mean \"checkpoint_every\"?",
                 ],
             ),
             (
