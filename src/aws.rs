@@ -215,23 +215,22 @@ fn iam_message<E: ProvideErrorMetadata + std::error::Error>(e: &E) -> String {
     match (e.code(), e.message()) {
         (Some(c), Some(m)) => first_line(&format!("{c}: {m}")),
         (Some(c), None) => c.to_owned(),
-        _ => first_line(&aws_smithy_error_chain(e)),
+        // The SDK's own rendering of the whole source chain.
+        _ => first_line(&aws_sdk_iam::error::DisplayErrorContext(e).to_string()),
     }
-}
-
-fn aws_smithy_error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// A revoker for brokers without AWS revocation (and tests): always refuses.
 pub struct NoRevoker;
+
+fn no_iam(op: &'static str, role: &str) -> BoxFuture<'static, Result<(), IamError>> {
+    let err = IamError {
+        op,
+        role: role.to_owned(),
+        message: "this broker has no IAM client".into(),
+    };
+    Box::pin(async move { Err(err) })
+}
 
 impl Revoker for NoRevoker {
     fn put_role_policy<'a>(
@@ -240,26 +239,14 @@ impl Revoker for NoRevoker {
         _: &'a str,
         _: &'a str,
     ) -> BoxFuture<'a, Result<(), IamError>> {
-        Box::pin(async move {
-            Err(IamError {
-                op: "PutRolePolicy",
-                role: role_name.to_owned(),
-                message: "this broker has no IAM client".into(),
-            })
-        })
+        no_iam("PutRolePolicy", role_name)
     }
     fn delete_role_policy<'a>(
         &'a self,
         role_name: &'a str,
         _: &'a str,
     ) -> BoxFuture<'a, Result<(), IamError>> {
-        Box::pin(async move {
-            Err(IamError {
-                op: "DeleteRolePolicy",
-                role: role_name.to_owned(),
-                message: "this broker has no IAM client".into(),
-            })
-        })
+        no_iam("DeleteRolePolicy", role_name)
     }
 }
 

@@ -233,32 +233,27 @@ impl Config {
         })
     }
 
-    /// Agents whose operator shares one of their uids: there, approval is advisory (design §6,
-    /// invariant 7). One line per agent, for the daemon to log at start.
+    /// Agents that share a uid with an approver, one line each for the daemon to log at start:
+    /// with their operator, approval is advisory (design §6, invariant 7); with another approver,
+    /// the agent can act as that approver.
     pub fn advisory_approvals(&self) -> Vec<String> {
         let mut out = Vec::new();
         for agent in self.agents.values() {
-            let Some(op) = agent.operator.as_ref().and_then(|o| self.approvers.get(o)) else {
-                continue;
-            };
-            if let Some(uid) = op.uids.iter().find(|u| agent.uids.contains(u)) {
-                out.push(format!(
-                    "agent {} and its operator {} share uid {uid}: operator approval for this agent is advisory, not a boundary (run the agent as another uid or in a container with the sidecar)",
-                    agent.name, op.name
-                ));
-            }
-        }
-        for agent in self.agents.values() {
             for a in self.approvers.values() {
-                if agent.operator.as_deref() == Some(a.name.as_str()) {
+                let Some(uid) = a.uids.iter().find(|u| agent.uids.contains(u)) else {
                     continue;
-                }
-                if let Some(uid) = a.uids.iter().find(|u| agent.uids.contains(u)) {
-                    out.push(format!(
+                };
+                out.push(if agent.operator.as_deref() == Some(a.name.as_str()) {
+                    format!(
+                        "agent {} and its operator {} share uid {uid}: operator approval for this agent is advisory, not a boundary (run the agent as another uid or in a container with the sidecar)",
+                        agent.name, a.name
+                    )
+                } else {
+                    format!(
                         "agent {} shares uid {uid} with approver {}: that agent can act as {} (approve other agents' requests, revoke, pause); give each human a uid of their own",
                         agent.name, a.name, a.name
-                    ));
-                }
+                    )
+                });
             }
         }
         out

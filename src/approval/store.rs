@@ -139,6 +139,32 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Every `data` column the query returns, decoded.
+    fn rows<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows: Vec<String> = self.with(|c| {
+            let mut s = c.prepare_cached(sql)?;
+            s.query_map(params, |row| row.get(0))?.collect()
+        })?;
+        rows.iter().map(|d| decode(d)).collect()
+    }
+
+    /// The one `data` column the query returns, if any, decoded.
+    fn row<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Option<T>, StoreError> {
+        let data: Option<String> =
+            self.with(|c| c.query_row(sql, params, |row| row.get(0)).optional())?;
+        data.map(|d| decode(&d)).transpose()
+    }
+}
+
 fn decode<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -178,39 +204,26 @@ impl Store for SqliteStore {
     }
 
     fn get(&self, id: &ApprovalId) -> Result<Option<ApprovalRequest>, StoreError> {
-        let data: Option<String> = self.with(|c| {
-            c.query_row(
-                "SELECT data FROM approvals WHERE id = ?1",
-                params![id.as_str()],
-                |row| row.get(0),
-            )
-            .optional()
-        })?;
-        data.map(|d| decode(&d)).transpose()
+        self.row(
+            "SELECT data FROM approvals WHERE id = ?1",
+            params![id.as_str()],
+        )
     }
 
     fn by_digest(&self, agent: &str, digest: &str) -> Result<Vec<ApprovalRequest>, StoreError> {
-        let rows: Vec<String> = self.with(|c| {
-            let mut s = c.prepare_cached(
-                "SELECT data FROM approvals WHERE agent = ?1 AND digest = ?2
-                 ORDER BY created_at DESC, rowid DESC LIMIT 16",
-            )?;
-            s.query_map(params![agent, digest], |row| row.get(0))?
-                .collect()
-        })?;
-        rows.iter().map(|d| decode(d)).collect()
+        self.rows(
+            "SELECT data FROM approvals WHERE agent = ?1 AND digest = ?2
+             ORDER BY created_at DESC, rowid DESC LIMIT 16",
+            params![agent, digest],
+        )
     }
 
     fn list(&self, since: i64, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError> {
-        let rows: Vec<String> = self.with(|c| {
-            let mut s = c.prepare_cached(
-                "SELECT data FROM approvals WHERE created_at >= ?1
-                 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
-            )?;
-            s.query_map(params![since, limit as i64], |row| row.get(0))?
-                .collect()
-        })?;
-        rows.iter().map(|d| decode(d)).collect()
+        self.rows(
+            "SELECT data FROM approvals WHERE created_at >= ?1
+             ORDER BY created_at DESC, rowid DESC LIMIT ?2",
+            params![since, limit as i64],
+        )
     }
 
     fn replace(&self, expected: u64, r: &ApprovalRequest) -> Result<bool, StoreError> {
@@ -269,11 +282,7 @@ impl Store for SqliteStore {
     }
 
     fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
-        let rows: Vec<String> = self.with(|c| {
-            let mut s = c.prepare_cached("SELECT data FROM revocations ORDER BY rowid")?;
-            s.query_map([], |row| row.get(0))?.collect()
-        })?;
-        rows.iter().map(|d| decode(d)).collect()
+        self.rows("SELECT data FROM revocations ORDER BY rowid", [])
     }
 
     fn put_trip(&self, t: &Trip) -> Result<(), StoreError> {
@@ -293,11 +302,7 @@ impl Store for SqliteStore {
     }
 
     fn trips(&self) -> Result<Vec<Trip>, StoreError> {
-        let rows: Vec<String> = self.with(|c| {
-            let mut s = c.prepare_cached("SELECT data FROM trips ORDER BY agent")?;
-            s.query_map([], |row| row.get(0))?.collect()
-        })?;
-        rows.iter().map(|d| decode(d)).collect()
+        self.rows("SELECT data FROM trips ORDER BY agent", [])
     }
 
     fn set_pause(&self, p: Option<&Pause>) -> Result<(), StoreError> {
@@ -316,12 +321,6 @@ impl Store for SqliteStore {
     }
 
     fn pause(&self) -> Result<Option<Pause>, StoreError> {
-        let data: Option<String> = self.with(|c| {
-            c.query_row("SELECT data FROM flags WHERE name = 'pause'", [], |row| {
-                row.get(0)
-            })
-            .optional()
-        })?;
-        data.map(|d| decode(&d)).transpose()
+        self.row("SELECT data FROM flags WHERE name = 'pause'", [])
     }
 }

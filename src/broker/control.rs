@@ -163,13 +163,13 @@ impl<I: Issuer> Broker<I> {
         Ok(())
     }
 
-    pub(super) fn record_issuance(&self, agent: &str) {
+    pub(super) fn record_issuance(&self, agent: &str, limits: &Limits) {
         let now = self.now();
         let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         let c = counters.entry(agent.to_owned()).or_default();
         c.issuances.push_back(now);
         // Bounded: the limit is checked before each push.
-        let cap = self.state().config.limits.max_issuances as usize + 1;
+        let cap = limits.max_issuances as usize + 1;
         while c.issuances.len() > cap {
             c.issuances.pop_front();
         }
@@ -284,6 +284,19 @@ impl<I: Issuer> Broker<I> {
         }
     }
 
+    /// The approver behind a human command, or the audited refusal of `what`.
+    async fn approver(
+        &self,
+        caller: &Caller,
+        requested: Option<&str>,
+        what: &str,
+    ) -> Result<String, BrokerError> {
+        match self.approver_of(caller, requested) {
+            Ok(a) => Ok(a),
+            Err(d) => Err(self.refuse_admin(caller, what, d).await),
+        }
+    }
+
     /// Audits a refused human action (who tried what) and returns it as the error.
     async fn refuse_admin(&self, caller: &Caller, what: &str, d: Denial) -> BrokerError {
         let mut r = Record::new(Kind::Denied);
@@ -311,10 +324,9 @@ impl<I: Issuer> Broker<I> {
         as_approver: Option<String>,
     ) -> Result<VoteReport, BrokerError> {
         let what = format!("{} {id}", if approve { "approve" } else { "reject" });
-        let approver = match self.approver_of(&caller, as_approver.as_deref()) {
-            Ok(a) => a,
-            Err(d) => return Err(self.refuse_admin(&caller, &what, d).await),
-        };
+        let approver = self
+            .approver(&caller, as_approver.as_deref(), &what)
+            .await?;
         let state = self.state();
         let voter_uids = state
             .config
@@ -455,10 +467,7 @@ impl<I: Issuer> Broker<I> {
         aws: bool,
     ) -> Result<RevokeReport, BrokerError> {
         let what = format!("revoke {scope}");
-        let approver = match self.approver_of(&caller, None) {
-            Ok(a) => a,
-            Err(d) => return Err(self.refuse_admin(&caller, &what, d).await),
-        };
+        let approver = self.approver(&caller, None, &what).await?;
         let state = self.state();
         let (scope, roles) = match self.scope_roles(&state, &scope) {
             Ok(r) => r,
@@ -487,12 +496,9 @@ impl<I: Issuer> Broker<I> {
         self.db(move |s| s.put_revocation(&stored)).await?;
         self.update_controls(|c| c.revocations.push(rev.clone()));
         let purged = self.purge(&state, &scope);
-        let mut r = Record::new(Kind::Revoked);
-        r.approver = Some(approver);
-        r.uid = caller.uid();
-        r.pid = caller.pid();
+        let decision = if aws { "revoked+aws" } else { "revoked" };
+        let mut r = admin_record(Kind::Revoked, &caller, approver, decision);
         r.scope = Some(scope.to_string());
-        r.decision = Some(if aws { "revoked+aws" } else { "revoked" }.into());
         r.message = Some(format!(
             "revocation {}; {purged} cached sessions purged",
             rev.id
@@ -518,10 +524,7 @@ impl<I: Issuer> Broker<I> {
     /// until `revoke --gc`: sessions revoked then stay revoked.
     pub async fn unrevoke(&self, caller: Caller, scope: Scope) -> Result<usize, BrokerError> {
         let what = format!("unrevoke {scope}");
-        let approver = match self.approver_of(&caller, None) {
-            Ok(a) => a,
-            Err(d) => return Err(self.refuse_admin(&caller, &what, d).await),
-        };
+        let approver = self.approver(&caller, None, &what).await?;
         let _admin = self.admin.lock().await;
         let lifted: Vec<Revocation> = self
             .controls()
@@ -542,12 +545,8 @@ impl<I: Issuer> Broker<I> {
             return Err(self.refuse_admin(&caller, &what, d).await);
         }
         // Loosening: audited before it takes effect.
-        let mut r = Record::new(Kind::Revoked);
-        r.approver = Some(approver);
-        r.uid = caller.uid();
-        r.pid = caller.pid();
+        let mut r = admin_record(Kind::Revoked, &caller, approver, "unrevoked");
         r.scope = Some(scope.to_string());
-        r.decision = Some("unrevoked".into());
         self.audit.append_durable(r).await?;
         let stored = lifted.clone();
         self.db(move |s| {
@@ -573,10 +572,7 @@ impl<I: Issuer> Broker<I> {
     /// Removes AWS denials that no live session can still match (older than the longest
     /// possible session), rewriting or deleting each role's policy.
     pub async fn revoke_gc(&self, caller: Caller) -> Result<RevokeReport, BrokerError> {
-        let approver = match self.approver_of(&caller, None) {
-            Ok(a) => a,
-            Err(d) => return Err(self.refuse_admin(&caller, "revoke --gc", d).await),
-        };
+        let approver = self.approver(&caller, None, "revoke --gc").await?;
         let _admin = self.admin.lock().await;
         let now = self.now();
         let all = self.controls().revocations.clone();
@@ -616,11 +612,7 @@ impl<I: Issuer> Broker<I> {
         });
         let mut report = RevokeReport::default();
         self.write_policies(&roles, &mut report).await?;
-        let mut r = Record::new(Kind::Revoked);
-        r.approver = Some(approver);
-        r.uid = caller.uid();
-        r.pid = caller.pid();
-        r.decision = Some("gc".into());
+        let mut r = admin_record(Kind::Revoked, &caller, approver, "gc");
         r.message = Some(format!(
             "{} expired AWS denials dropped; {} role policies rewritten, {} removed",
             expired.len(),
@@ -755,10 +747,7 @@ impl<I: Issuer> Broker<I> {
     /// Resets a tripped breaker.
     pub async fn breaker_reset(&self, caller: Caller, agent: String) -> Result<(), BrokerError> {
         let what = format!("breaker reset {agent}");
-        let approver = match self.approver_of(&caller, None) {
-            Ok(a) => a,
-            Err(d) => return Err(self.refuse_admin(&caller, &what, d).await),
-        };
+        let approver = self.approver(&caller, None, &what).await?;
         let _admin = self.admin.lock().await;
         if !self.controls().trips.contains_key(&agent) {
             let d = Denial {
@@ -769,12 +758,8 @@ impl<I: Issuer> Broker<I> {
             return Err(self.refuse_admin(&caller, &what, d).await);
         }
         // Loosening: audited before it takes effect.
-        let mut r = Record::new(Kind::Breaker);
+        let mut r = admin_record(Kind::Breaker, &caller, approver, "reset");
         r.agent = Some(agent.clone());
-        r.approver = Some(approver);
-        r.uid = caller.uid();
-        r.pid = caller.pid();
-        r.decision = Some("reset".into());
         self.audit.append_durable(r).await?;
         let a = agent.clone();
         self.db(move |s| s.delete_trip(&a)).await?;
@@ -796,22 +781,16 @@ impl<I: Issuer> Broker<I> {
         reason: Option<String>,
     ) -> Result<(), BrokerError> {
         let what = if pause { "pause" } else { "resume" };
-        let approver = match self.approver_of(&caller, None) {
-            Ok(a) => a,
-            Err(d) => return Err(self.refuse_admin(&caller, what, d).await),
-        };
+        let approver = self.approver(&caller, None, what).await?;
         let _admin = self.admin.lock().await;
         let p = pause.then(|| Pause {
             at: self.now(),
             by: approver.clone(),
             reason: reason.clone(),
         });
-        let mut r = Record::new(Kind::Breaker);
-        r.approver = Some(approver);
-        r.uid = caller.uid();
-        r.pid = caller.pid();
+        let decision = if pause { "paused" } else { "resumed" };
+        let mut r = admin_record(Kind::Breaker, &caller, approver, decision);
         r.scope = Some("every agent".into());
-        r.decision = Some(if pause { "paused" } else { "resumed" }.into());
         r.note = reason;
         // Resuming loosens: audited first. Pausing tightens: in force first.
         if !pause {
@@ -826,6 +805,16 @@ impl<I: Issuer> Broker<I> {
         tracing::warn!(what, "global switch");
         Ok(())
     }
+}
+
+/// A record of a human's action: who (approver, uid, pid) did `decision`.
+fn admin_record(kind: Kind, caller: &Caller, approver: String, decision: &str) -> Record {
+    let mut r = Record::new(kind);
+    r.approver = Some(approver);
+    r.uid = caller.uid();
+    r.pid = caller.pid();
+    r.decision = Some(decision.into());
+    r
 }
 
 /// What `mandate approvals list` shows of a request.

@@ -670,7 +670,7 @@ impl<I: Issuer> Broker<I> {
         c: Candidate,
         req: CredRequest,
     ) -> Result<Issued, BrokerError> {
-        if let Some(issued) = self.cached(&caller, &c.grant, &req.reason).await? {
+        if let Some(issued) = self.cached(state, &caller, &c.grant, &req.reason).await? {
             return Ok(issued);
         }
         let now = self.now();
@@ -864,6 +864,7 @@ impl<I: Issuer> Broker<I> {
     /// A servable cached session for this grant's key, delivered (and audited) without minting.
     async fn cached(
         &self,
+        state: &State,
         caller: &Caller,
         grant: &Grant,
         reason: &Option<String>,
@@ -880,16 +881,16 @@ impl<I: Issuer> Broker<I> {
         let Some(slot) = slot else { return Ok(None) };
         let entry = slot.lock().await.clone();
         match entry {
-            Some(e) if self.servable_entry(&e) => {
+            Some(e) if self.servable_entry(&state.config.cache, &e) => {
                 self.deliver(caller, grant, reason, &e).await.map(Some)
             }
             _ => Ok(None),
         }
     }
 
-    fn servable_entry(&self, e: &Entry) -> bool {
+    fn servable_entry(&self, policy: &CachePolicy, e: &Entry) -> bool {
         servable(
-            &self.state().config.cache,
+            policy,
             e.credentials.expiration,
             e.duration_seconds,
             clock::unix_now(),
@@ -965,7 +966,7 @@ impl<I: Issuer> Broker<I> {
             None => None,
         };
         if let Some(Some(entry)) = guard.as_deref()
-            && self.servable_entry(entry)
+            && self.servable_entry(&state.config.cache, entry)
         {
             return self.deliver(&caller, &grant, &reason, entry).await;
         }
@@ -976,7 +977,7 @@ impl<I: Issuer> Broker<I> {
         }
 
         let request_id = random_id();
-        self.record_issuance(&grant.agent);
+        self.record_issuance(&grant.agent, &state.config.limits);
         let session_name = format!("mandate-{}-{}", grant.agent, &request_id[..12]);
         let session_name: String = session_name.chars().take(64).collect();
         let source_identity = format!("mandate-{}", grant.agent);
