@@ -289,18 +289,33 @@ async fn dispatch<I: Issuer>(
             }
             // Approvers see every agent; an agent sees its own sessions.
             let filter = if approver { None } else { agent.as_deref() };
+            let controls = broker.controls();
+            let sessions = broker.sessions(filter);
+            // An agent sees the revocations that stop it, not everyone else's.
+            let profiles = filter
+                .and_then(|f| state.config.agents.get(f))
+                .map(|a| a.profiles.clone())
+                .unwrap_or_default();
+            let concerns = |r: &&crate::revoke::Revocation| match filter {
+                None => true,
+                Some(f) => {
+                    profiles.iter().any(|p| r.blocks(f, p.as_str()))
+                        || matches!(&r.scope, crate::revoke::Scope::Session(id)
+                            if sessions.iter().any(|s| s.request_id == *id))
+                }
+            };
             serde_json::json!({
                 "ok": true,
                 "status": {
-                    "sessions": broker.sessions(filter),
+                    "revocations": controls.revocations.iter().filter(concerns).collect::<Vec<_>>(),
+                    "sessions": sessions,
                     "agents": state.config.agents.values().filter(|a| filter.is_none_or(|f| f == a.name)).map(|a| serde_json::json!({
                         "name": a.name,
                         "profiles": a.profiles.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                     "audit_ok": !broker.audit().is_failed(),
-                    "paused": broker.controls().paused.clone(),
-                    "breakers": broker.controls().trips.values().filter(|t| filter.is_none_or(|f| f == t.agent)).cloned().collect::<Vec<_>>(),
-                    "revocations": broker.controls().revocations.clone(),
+                    "paused": controls.paused,
+                    "breakers": controls.trips.values().filter(|t| filter.is_none_or(|f| f == t.agent)).collect::<Vec<_>>(),
                 }
             })
         }

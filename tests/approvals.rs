@@ -289,6 +289,20 @@ uids = [2]
     assert!(creds["SessionToken"].as_str().is_some());
     assert_eq!(moto.assumed_roles().len(), 2);
 
+    // An agent's status shows the revocations that stop it, not other agents'.
+    assert!(d.mandate(&["revoke", "--agent", "claude"]).status.success());
+    let mine = ok_json(&as_uid(&d, &bin, BOT, &["status", "--json"]));
+    assert_eq!(mine["revocations"], json!([]), "{mine}");
+    let all = ok_json(&d.mandate(&["status", "--json"]));
+    assert_eq!(
+        all["revocations"][0]["scope"],
+        json!({"kind": "agent", "name": "claude"})
+    );
+    assert!(d.mandate(&["revoke", "--agent", "bot"]).status.success());
+    let mine = ok_json(&as_uid(&d, &bin, BOT, &["status", "--json"]));
+    assert_eq!(mine["revocations"].as_array().unwrap().len(), 1, "{mine}");
+    assert_eq!(mine["revocations"][0]["scope"]["name"], "bot");
+
     let votes: Vec<(Value, Value)> = kinds(&d, "approved")
         .iter()
         .map(|r| (r["approver"].clone(), r["decision"].clone()))
