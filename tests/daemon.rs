@@ -18,7 +18,8 @@ fn stderr(o: &std::process::Output) -> String {
 }
 
 /// A profiles directory for the test: the example s3-data, plus one that exercises managed
-/// policy ARNs, extra tags and duration clamping (it asks for 2h; the role allows 1h).
+/// policy ARNs, extra tags and duration clamping (it asks for 2h; the role allows 1h). Managed
+/// policies are opaque to the compiler, so that profile needs a human (approval = "operator").
 fn test_profiles(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("profiles");
     std::fs::create_dir(&p).unwrap();
@@ -38,7 +39,7 @@ fn test_profiles(dir: &Path) -> std::path::PathBuf {
         r#"description = "two hours asked, one allowed"
 role = "sandbox"
 duration = "2h"
-approval = "none"
+approval = "operator"
 managed_policies = ["arn:aws:iam::aws:policy/ReadOnlyAccess"]
 [[allow]]
 actions = ["s3:GetObject"]
@@ -184,7 +185,23 @@ fn three_clients_get_the_profiles_scoped_session_and_sts_receives_exactly_the_co
     assert_eq!(sessions[0]["session_name"], session);
     assert_eq!(sessions[0]["policy"], shown["policy_json"]);
 
-    // Managed policy ARNs, extra tags, and the duration clamped to the role's 1h maximum.
+    // Managed policy ARNs, extra tags, and the duration clamped to the role's 1h maximum; a
+    // profile with managed policies always needs a human first.
+    let pending = d.mandate(&["credential-process", "clamped"]);
+    assert_eq!(pending.status.code(), Some(5), "{}", stderr(&pending));
+    assert_eq!(
+        proxy.assume_roles().len(),
+        1,
+        "nothing reached STS before approval"
+    );
+    let id = stderr(&pending)
+        .split("request ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap()
+        .to_owned();
+    let approved = d.mandate(&["approve", &id]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
     caller_identity_aws_cli(&d, &moto, "clamped");
     let r = proxy.assume_roles().pop().unwrap();
     assert_eq!(
@@ -590,6 +607,71 @@ fn a_changed_profile_is_reloaded_and_gets_a_fresh_session_and_shutdown_is_gracef
     assert!(status.success(), "{status}");
     assert!(!d.socket().exists(), "socket removed on shutdown");
     assert_eq!(d.audit().last().unwrap()["kind"], "stopped");
+}
+
+/// Managed policies are opaque to the compiler: a profile that passes them with
+/// `approval = "none"` never yields credentials without a human. The daemon refuses it at start
+/// and on reload (keeping the previous, approval-free profile without the ARNs), and no
+/// AssumeRole ever carries its PolicyArns.
+#[test]
+fn a_managed_policy_profile_without_approval_never_yields_credentials() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(tmp.path(), moto.port);
+    let profiles = tmp.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    let good = "description = \"objects\"\nrole = \"sandbox\"\napproval = \"none\"\n[[allow]]\nactions = [\"s3:GetObject\"]\nresources = [\"*\"]\n";
+    let bad = good.replace(
+        "[[allow]]",
+        "managed_policies = [\"arn:aws:iam::aws:policy/PowerUserAccess\"]\n[[allow]]",
+    );
+    std::fs::write(profiles.join("power.toml"), &bad).unwrap();
+    let config = config_with_profiles(&proxy.endpoint(), &profiles, "").replace(
+        "[\"readonly\", \"s3-data\", \"deploy-staging\"]",
+        "[\"power\"]",
+    );
+    let cfg = tmp.path().join("broker.toml");
+    std::fs::write(&cfg, &config).unwrap();
+    let out = mandate_at(&cfg).arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("power.toml:4:20: managed_policies: managed policies are opaque to mandate: what they grant is not analysed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!tmp.path().join("run").exists(), "nothing was bound");
+
+    // Started with the approval-free profile, then edited to pass a managed policy: the reload
+    // is refused and sessions keep the old policy, without the ARN.
+    std::fs::write(profiles.join("power.toml"), good).unwrap();
+    let d = Daemon::start(&config);
+    assert_eq!(
+        d.mandate(&["credential-process", "power"]).status.code(),
+        Some(0)
+    );
+    std::fs::write(profiles.join("power.toml"), &bad).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d
+        .log()
+        .contains("reload failed; keeping the previous config")
+    {
+        assert!(Instant::now() < deadline, "no reload attempt:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        d.log().contains("managed policies are opaque to mandate"),
+        "{}",
+        d.log()
+    );
+    for _ in 0..3 {
+        let out = d.mandate(&["credential-process", "power"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    let recorded = proxy.assume_roles();
+    assert!(!recorded.is_empty());
+    for r in &recorded {
+        assert!(r.get("PolicyArns.member.1.arn").is_none(), "{r}");
+    }
 }
 
 #[test]

@@ -286,8 +286,9 @@ fn cases_for(
     }
 }
 
-#[test]
-fn example_profiles_hold_under_an_independent_iam_evaluator() {
+/// Runs `tests/iam-sim/check.mjs` on `input` (see its header) and returns its report, after
+/// checking that the evaluator judges with the IAM data the catalog was generated from.
+fn evaluate(input: &Value) -> Value {
     let root = root();
     let sim_dir = root.join("tests/iam-sim");
     assert!(
@@ -297,31 +298,8 @@ fn example_profiles_hold_under_an_independent_iam_evaluator() {
         "the IAM evaluator is not installed: run `npm ci --prefix tests/iam-sim` (needs Node 20+ \
          and npm), then rerun this test"
     );
-
-    let profiles_dir = root.join("profiles");
-    let mut names: Vec<String> = fs::read_dir(&profiles_dir)
-        .expect("profiles dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .map(|p| p.file_stem().unwrap().to_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    assert!(!names.is_empty(), "no example profiles in {profiles_dir:?}");
-
-    let catalog = catalog_actions();
-    let mut problems = Vec::new();
-    let profiles: Vec<ProfileCases> = names
-        .iter()
-        .map(|n| cases_for(&profiles_dir, n, &catalog, &mut problems))
-        .collect();
-
-    let input = json!({
-        "profiles": profiles.iter().map(|p| json!({
-            "profile": p.name, "policy": p.policy, "cases": p.cases,
-        })).collect::<Vec<_>>(),
-    });
     let cases_file = tempfile::NamedTempFile::new().expect("temp file");
-    fs::write(cases_file.path(), serde_json::to_vec(&input).unwrap()).expect("write cases");
+    fs::write(cases_file.path(), serde_json::to_vec(input).unwrap()).expect("write cases");
 
     let out = Command::new("node")
         .arg(sim_dir.join("check.mjs"))
@@ -345,7 +323,36 @@ fn example_profiles_hold_under_an_independent_iam_evaluator() {
          the catalog's version in tests/iam-sim/package.json (dependencies and overrides) and run \
          `npm install --prefix tests/iam-sim`"
     );
+    report
+}
 
+#[test]
+fn example_profiles_hold_under_an_independent_iam_evaluator() {
+    let root = root();
+
+    let profiles_dir = root.join("profiles");
+    let mut names: Vec<String> = fs::read_dir(&profiles_dir)
+        .expect("profiles dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no example profiles in {profiles_dir:?}");
+
+    let catalog = catalog_actions();
+    let mut problems = Vec::new();
+    let profiles: Vec<ProfileCases> = names
+        .iter()
+        .map(|n| cases_for(&profiles_dir, n, &catalog, &mut problems))
+        .collect();
+
+    let input = json!({
+        "profiles": profiles.iter().map(|p| json!({
+            "profile": p.name, "policy": p.policy, "cases": p.cases,
+        })).collect::<Vec<_>>(),
+    });
+    let report = evaluate(&input);
     let results = report["results"].as_array().expect("results");
     let total: usize = profiles.iter().map(|p| p.cases.len()).sum();
     assert_eq!(results.len(), total, "check.mjs skipped cases");
@@ -410,5 +417,146 @@ fn example_profiles_hold_under_an_independent_iam_evaluator() {
         "{} of {total} cases disagree with the IAM evaluator, {} other problems (see above)",
         mismatches.len(),
         problems.len()
+    );
+}
+
+/// `service:Action why...` lines (`#` comments), from a corpus under `tests/data/`.
+fn corpus(file: &str) -> Vec<(String, String)> {
+    let text = fs::read_to_string(root().join("tests/data").join(file)).expect("corpus");
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (action, why) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
+            assert!(!why.trim().is_empty(), "{file}: {action} has no why");
+            (action.to_owned(), why.trim().to_owned())
+        })
+        .collect()
+}
+
+/// The automatic Deny works by effect: under a `SERVICE:*` allow with `approval = "none"`, the
+/// independent evaluator finds every action of a corpus of destructive-in-effect actions
+/// (`tests/data/destructive-effect.txt`, each with why) explicitly denied, and every action of a
+/// corpus of everyday work (`tests/data/everyday.txt`) allowed: no over-blocking.
+///
+/// The corpora are written from the effect of each action, independently of the classification
+/// table (`src/catalog/risk.txt`), which is what they test.
+#[test]
+fn destructive_in_effect_actions_are_denied_under_service_wildcards() {
+    let destructive = corpus("destructive-effect.txt");
+    let everyday = corpus("everyday.txt");
+    let catalog: BTreeSet<String> = catalog_actions().into_iter().collect();
+    let service = |a: &str| a.split(':').next().unwrap().to_owned();
+    let services: BTreeSet<String> = destructive
+        .iter()
+        .chain(&everyday)
+        .map(|(a, _)| service(a))
+        .collect();
+    let destructive_services: BTreeSet<String> =
+        destructive.iter().map(|(a, _)| service(a)).collect();
+    assert!(
+        destructive.len() >= 150,
+        "{} destructive",
+        destructive.len()
+    );
+    assert!(destructive_services.len() >= 25, "{destructive_services:?}");
+    assert!(everyday.len() >= 30, "{} everyday", everyday.len());
+    for (a, _) in destructive.iter().chain(&everyday) {
+        assert!(catalog.contains(a), "{a} is not in the catalog");
+    }
+    // The issue's named examples are all in the corpus.
+    for a in [
+        "kms:ScheduleKeyDeletion",
+        "s3:PutLifecycleConfiguration",
+        "s3:PutBucketVersioning",
+        "dynamodb:UpdateTimeToLive",
+        "rds:ModifyDBInstance",
+        "lambda:PutFunctionConcurrency",
+        "ec2:ReplaceRoute",
+        "cloudtrail:UpdateTrail",
+        "guardduty:CreateFilter",
+        "iam:CreateUser",
+        "iam:CreateAccessKey",
+        "iam:CreateLoginProfile",
+        "iam:PassRole",
+        "sts:AssumeRole",
+        "ssm:SendCommand",
+        "cloudformation:UpdateStack",
+        "dynamodb:PartiQLDelete",
+        "es:ESHttpDelete",
+    ] {
+        assert!(destructive.iter().any(|(d, _)| d == a), "{a} missing");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut profiles = Vec::new();
+    for svc in &services {
+        let name = format!("{svc}-all");
+        fs::write(
+            dir.path().join(format!("{name}.toml")),
+            format!(
+                "description = \"everything in {svc}\"\nrole = \"sandbox\"\napproval = \"none\"\n\
+                 [[allow]]\nactions = [\"{svc}:*\"]\nresources = [\"*\"]\n"
+            ),
+        )
+        .unwrap();
+        let show = mandate_json(&[
+            "profiles",
+            "show",
+            &name,
+            "--profiles",
+            dir.path().to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(show["approval"], "none");
+        let policy: Value = serde_json::from_str(show["policy_json"].as_str().unwrap()).unwrap();
+        let mut cases = Vec::new();
+        for (a, _) in destructive.iter().filter(|(a, _)| &service(a) == svc) {
+            cases.push(json!({"action": a, "resource": "*", "expected": "ExplicitlyDenied"}));
+        }
+        for (a, _) in everyday.iter().filter(|(a, _)| &service(a) == svc) {
+            cases.push(json!({"action": a, "resource": "*", "expected": "Allowed"}));
+        }
+        profiles.push(json!({"profile": name, "policy": policy, "cases": cases}));
+    }
+    let report = evaluate(&json!({ "profiles": profiles }));
+    let results = report["results"].as_array().expect("results");
+    let total: usize = profiles
+        .iter()
+        .map(|p| p["cases"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(results.len(), total, "check.mjs skipped cases");
+    let mut mismatches = Vec::new();
+    let why: BTreeMap<&str, &str> = destructive
+        .iter()
+        .chain(&everyday)
+        .map(|(a, w)| (a.as_str(), w.as_str()))
+        .collect();
+    for r in results {
+        let errors = r["errors"].as_array().map_or(0, Vec::len);
+        if r["got"] != r["expected"] || errors > 0 {
+            let a = r["action"].as_str().unwrap_or_default();
+            mismatches.push(format!(
+                "{}: {a} ({}): expected {}, got {}; errors {}",
+                r["profile"],
+                why.get(a).unwrap_or(&""),
+                r["expected"],
+                r["got"],
+                r["errors"]
+            ));
+        }
+    }
+    eprintln!(
+        "{} destructive actions in {} services, {} everyday actions, {} service profiles",
+        destructive.len(),
+        destructive_services.len(),
+        everyday.len(),
+        services.len()
+    );
+    assert!(
+        mismatches.is_empty(),
+        "{} of {total} cases disagree:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
     );
 }

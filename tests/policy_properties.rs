@@ -4,7 +4,10 @@
 //! * every action the compiled policy allows is inside the declared allow set;
 //! * a destructive action is allowed only if the profile opts into it;
 //! * every declared non-destructive (or opted-in) action stays allowed;
-//! * every destructive action of a touched service that is not opted in is explicitly denied;
+//! * every destructive action within reach of an allow (with managed policies: of a touched
+//!   service) that is not opted in is explicitly denied;
+//! * no action of the destructive-in-effect corpus (`tests/data/destructive-effect.txt`, written
+//!   independently of the classification table) is usable unless `destructive` lists it;
 //! * the output is deterministic and independent of list order.
 
 use mandate::catalog::{Action, catalog};
@@ -12,7 +15,7 @@ use mandate::{policy, profile};
 use proptest::prelude::*;
 use serde_json::Value;
 
-const SERVICES: [&str; 10] = [
+const SERVICES: [&str; 18] = [
     "s3",
     "ec2",
     "lambda",
@@ -23,7 +26,32 @@ const SERVICES: [&str; 10] = [
     "cloudformation",
     "kms",
     "sns",
+    "sts",
+    "rds",
+    "ssm",
+    "ecs",
+    "cloudtrail",
+    "guardduty",
+    "backup",
+    "organizations",
 ];
+
+/// The destructive-in-effect corpus: the first word of each non-comment line.
+fn corpus() -> &'static [String] {
+    static CORPUS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/destructive-effect.txt"
+        );
+        std::fs::read_to_string(path)
+            .expect("corpus")
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    })
+}
 
 /// IAM glob, case-insensitive; deliberately a different algorithm from the library's.
 fn glob(p: &[u8], t: &[u8]) -> bool {
@@ -140,7 +168,8 @@ fn generated() -> impl Strategy<Value = Generated> {
                     destructive.push(full);
                 }
             }
-            let approval = if !destructive.is_empty() || operator {
+            // Managed policies are opaque to the compiler: they always need a human.
+            let approval = if !destructive.is_empty() || operator || managed {
                 "operator"
             } else {
                 "none"
@@ -198,8 +227,14 @@ proptest! {
                 if is_declared && (!destructive || opted) {
                     prop_assert!(allowed, "{} declared but not allowed\n{}", full, compiled.policy.as_json());
                 }
-                if destructive && !opted {
+                // Within reach of an allow (or of a managed policy, which may grant anything in a
+                // touched service), a classified action is explicitly denied unless opted into;
+                // out of reach, no allow grants it, which the first assertion covers.
+                if destructive && !opted && (is_declared || g.managed) {
                     prop_assert!(hit("Deny", true), "{} destructive but not explicitly denied", full);
+                }
+                if corpus().iter().any(|c| c.eq_ignore_ascii_case(&full)) {
+                    prop_assert!(!allowed || opted, "{} (destructive in effect) usable without opt-in\n{}", full, compiled.policy.as_json());
                 }
             }
         }

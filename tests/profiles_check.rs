@@ -79,13 +79,13 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Vec<String>)> {
         ),
         (
             "oversize.toml",
-            s(&format!("{BASE}[[allow]]\nactions = [\"s3:GetObject\"]\nresources = [{}]\n", big_resources.join(", "))),
+            s(&format!("{BASE}[[allow]]\nactions = [\"s3:Put*\"]\nresources = [{}]\n", big_resources.join(", "))),
             vec![
-                "oversize.toml: the session policy needs 2294 characters but AWS allows 2048 for the inline policy plus managed policy ARNs:".into(),
+                "oversize.toml: the session policy needs 2555 characters but AWS allows 2048 for the inline policy plus managed policy ARNs:".into(),
                 "  policy envelope                                   40".into(),
-                "  allow[0] (1 actions, 60 resources)              2155".into(),
-                "  automatic deny of 39 destructive actions (s3)     99".into(),
-                "  total                                           2294 / 2048".into(),
+                "  allow[0] (1 actions, 60 resources)              2150".into(),
+                "  automatic deny of 26 destructive actions (s3)    365".into(),
+                "  total                                           2555 / 2048".into(),
                 "  hint: narrow wildcards, drop services from [[allow]], or opt into fewer destructive actions".into(),
             ],
         ),
@@ -132,12 +132,25 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Vec<String>)> {
         (
             "destructive-undeclared.toml",
             s(&format!("{BASE}[[allow]]\nactions = [\"s3:GetObject\", \"s3:DeleteBucket\"]\nresources = [\"*\"]\n")),
-            vec!["destructive-undeclared.toml:5:28: allow[0].actions[1]: \"s3:DeleteBucket\" is destructive (Write); add it to `destructive` (which requires approval) or remove it".into()],
+            vec!["destructive-undeclared.toml:5:28: allow[0].actions[1]: \"s3:DeleteBucket\" is destructive (destroy: a Write action that says \"Delete\"); add it to `destructive` (which requires approval) or remove it".into()],
         ),
         (
             "destructive-not-destructive.toml",
             s(&format!("description = \"d\"\nrole = \"sandbox\"\napproval = \"operator\"\ndestructive = [\"s3:GetObject\"]\n{ALLOW}")),
-            vec!["destructive-not-destructive.toml:4:16: destructive[0]: \"s3:GetObject\" is not destructive (Read); list it in an [[allow]] block only".into()],
+            vec!["destructive-not-destructive.toml:4:16: destructive[0]: \"s3:GetObject\" is not classified as destructive (Read); list it in an [[allow]] block only".into()],
+        ),
+        (
+            "destructive-by-effect.toml",
+            s(&format!("{BASE}[[allow]]\nactions = [\"kms:Decrypt\", \"kms:ScheduleKeyDeletion\", \"iam:PassRole\"]\nresources = [\"*\"]\n")),
+            vec![
+                "destructive-by-effect.toml:5:27: allow[0].actions[1]: \"kms:ScheduleKeyDeletion\" is destructive (destroy: key deletion makes all data encrypted under it unrecoverable); add it to `destructive` (which requires approval) or remove it".into(),
+                "destructive-by-effect.toml:5:54: allow[0].actions[2]: \"iam:PassRole\" is destructive (escalate: hands a role to a service so code runs with that role's permissions (outside the session policy)); add it to `destructive` (which requires approval) or remove it".into(),
+            ],
+        ),
+        (
+            "managed-no-approval.toml",
+            s(&format!("{BASE}managed_policies = [\"arn:aws:iam::aws:policy/PowerUserAccess\"]\n{ALLOW}")),
+            vec!["managed-no-approval.toml:4:20: managed_policies: managed policies are opaque to mandate: what they grant is not analysed and the automatic deny does not cover it, so every session needs a human: set approval = \"operator\" or approval = { peers = N }, or move their statements into [[allow]] blocks".into()],
         ),
         (
             "destructive-not-allowed.toml",
@@ -390,21 +403,188 @@ fn explain_json_lists_usable_and_denied_actions() {
         v["needs_approval"],
         serde_json::json!([
             "cloudformation:DeleteChangeSet",
-            "cloudformation:DeleteStack"
+            "cloudformation:DeleteStack",
+            "cloudformation:ExecuteChangeSet",
+            "cloudformation:UpdateStack",
+            "lambda:UpdateFunctionCode"
         ])
     );
     assert_eq!(v["approval"], "operator");
+    // Every classified action within reach is opted into: nothing to deny automatically.
+    assert_eq!(v["auto_denied"], serde_json::json!([]));
+    assert_eq!(v["classes"]["escalate"]["needs_approval"], 3);
+    assert_eq!(v["classes"]["destroy"]["needs_approval"], 2);
+
+    // A whole-service wildcard: classified actions are denied, by class, and the rest usable.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("lambda-all.toml"),
+        format!("{BASE}[[allow]]\nactions = [\"lambda:*\"]\nresources = [\"*\"]\n"),
+    )
+    .unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let out = run(
+        root,
+        &[
+            "profiles",
+            "explain",
+            "lambda-all",
+            "--profiles",
+            dir,
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let denied: Vec<&str> = v["auto_denied"]
         .as_array()
         .unwrap()
         .iter()
         .map(|x| x.as_str().unwrap())
         .collect();
+    for a in [
+        "lambda:DeleteFunction",
+        "lambda:PutFunctionConcurrency",
+        "lambda:UpdateFunctionCode",
+        "lambda:AddPermission",
+    ] {
+        assert!(denied.contains(&a), "{a} not denied: {denied:?}");
+    }
+    assert!(!denied.contains(&"lambda:InvokeFunction"));
+    let escalate = &v["classes"]["escalate"];
+    assert!(escalate["denied"].as_u64().unwrap() > 0, "{escalate}");
+    assert_eq!(escalate["needs_approval"], 0);
+    let code = escalate["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "lambda:UpdateFunctionCode")
+        .expect("UpdateFunctionCode is escalate");
+    assert_eq!(code["status"], "denied");
+    assert!(!code["why"].as_str().unwrap().is_empty());
+    let usable = v["usable"]["Write"].as_array().unwrap();
     assert!(
-        denied.contains(&"lambda:DeleteFunction")
-            && denied.contains(&"cloudformation:DeleteStackSet")
+        usable
+            .iter()
+            .any(|u| u["action"] == "lambda:InvokeFunction" && u["class"].is_null())
     );
-    assert!(!denied.contains(&"cloudformation:DeleteStack"));
+
+    let text = run(
+        root,
+        &["profiles", "explain", "lambda-all", "--profiles", dir],
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Classified actions within reach, by class:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  escalate (escalate or escape the profile"),
+        "{text}"
+    );
+}
+
+/// `check` warns (without failing) when a wildcard reaches classified actions; exact names of
+/// everyday actions give no warning.
+#[test]
+fn check_warns_when_a_wildcard_reaches_classified_actions() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("wild.toml"),
+        format!("{BASE}[[allow]]\nactions = [\"s3:GetObject\", \"kms:*\"]\nresources = [\"*\"]\n"),
+    )
+    .unwrap();
+    let out = run(tmp.path(), &["profiles", "check", "wild.toml"]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("wild.toml:5:28: warning: allow[0].actions[1]: \"kms:*\" reaches "),
+        "{err}"
+    );
+    assert!(err.contains("classified action(s) (destroy "), "{err}");
+    assert!(err.contains("see `mandate profiles explain wild`"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let ok = run(root_dir(), &["profiles", "check", "profiles/s3-data.toml"]);
+    assert!(
+        ok.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+fn root_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `show` and `explain` read the config's profiles_dir when a config is found.
+#[test]
+fn show_and_explain_use_the_configs_profiles_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profiles = tmp.path().join("elsewhere");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::write(profiles.join("only-here.toml"), ok_profile()).unwrap();
+    let cfg = tmp.path().join("broker.toml");
+    std::fs::write(
+        &cfg,
+        "[broker]\nstate_dir = \"state\"\nsocket = \"run/s.sock\"\nprofiles_dir = \"elsewhere\"\n[roles.sandbox]\narn = \"arn:aws:iam::123456789012:role/r\"\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for cmd in ["show", "explain"] {
+        let out = run(root_dir(), &["--config", cfg, "profiles", cmd, "only-here"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new(MANDATE)
+            .args(["profiles", cmd, "only-here"])
+            .env("MANDATE_CONFIG", cfg)
+            .current_dir(root_dir())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Without a config, ./profiles; with --profiles, that directory.
+    let out = Command::new(MANDATE)
+        .args(["profiles", "show", "only-here"])
+        .env_remove("MANDATE_CONFIG")
+        .env("HOME", tmp.path())
+        .current_dir(root_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let out = run(
+        root_dir(),
+        &[
+            "--config",
+            cfg,
+            "profiles",
+            "show",
+            "s3-data",
+            "--profiles",
+            "profiles",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    // A config that does not exist is an error, not a silent fallback.
+    let out = run(
+        root_dir(),
+        &[
+            "--config",
+            "/nonexistent/broker.toml",
+            "profiles",
+            "show",
+            "s3-data",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4));
 }
 
 #[test]

@@ -9,6 +9,10 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::sync::OnceLock;
 
+pub mod risk;
+
+pub use risk::{Risk, RiskClass};
+
 const TABLE: &str = include_str!("iam-actions.txt");
 
 /// The access level AWS assigns to an action in the Service Authorization Reference.
@@ -59,22 +63,6 @@ impl fmt::Display for AccessLevel {
     }
 }
 
-/// Verbs that make a Write-level action destructive. An action's verb is the first word of its
-/// CamelCase name (the second one after `Batch`, as in `ecr:BatchDeleteImage`).
-///
-/// The issue and design name delete, terminate, remove, detach, disable, stop and revoke; `Purge`
-/// is added because it destroys data exactly like a delete (`sqs:PurgeQueue`).
-pub const DESTRUCTIVE_VERBS: [&str; 8] = [
-    "Delete",
-    "Terminate",
-    "Remove",
-    "Detach",
-    "Disable",
-    "Stop",
-    "Revoke",
-    "Purge",
-];
-
 /// One IAM action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Action {
@@ -91,24 +79,16 @@ impl Action {
         format!("{}:{}", self.service, self.name)
     }
 
-    /// The action's verb: its first CamelCase word, or the second one after `Batch`.
-    pub fn verb(&self) -> &'static str {
-        let first = leading_word(self.name);
-        if first == "Batch" {
-            leading_word(&self.name[first.len()..])
-        } else {
-            first
-        }
+    /// The action's risk by effect ([`risk`]), or `None` when it is everyday work. Actions
+    /// that are not in the catalog are never classified (they cannot be in a profile either).
+    pub fn risk(&self) -> Option<&'static Risk> {
+        catalog().risk_of(self)
     }
 
-    /// Destructive: every Permissions-management action, and Write-level actions whose verb
-    /// deletes, terminates, removes, detaches, disables, stops, revokes or purges.
+    /// Destructive in effect (classified by [`risk`]): the automatic Deny covers it unless a
+    /// profile opts into it through `destructive`, which needs a human.
     pub fn is_destructive(&self) -> bool {
-        match self.level {
-            AccessLevel::PermissionsManagement => true,
-            AccessLevel::Write => DESTRUCTIVE_VERBS.contains(&self.verb()),
-            _ => false,
-        }
+        self.risk().is_some()
     }
 }
 
@@ -116,17 +96,6 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.service, self.name)
     }
-}
-
-fn leading_word(s: &str) -> &str {
-    let mut end = 0;
-    for (i, c) in s.char_indices() {
-        if i > 0 && !c.is_ascii_lowercase() {
-            break;
-        }
-        end = i + c.len_utf8();
-    }
-    &s[..end]
 }
 
 /// The parsed catalog. Obtain it with [`catalog()`].
@@ -138,6 +107,8 @@ pub struct Catalog {
     services: Vec<(&'static str, usize, usize)>,
     /// The data package and version the table was generated from.
     source: &'static str,
+    /// The risk of each action (aligned with `actions`).
+    risk: Vec<Option<Risk>>,
 }
 
 /// The embedded catalog, parsed on first use.
@@ -188,11 +159,31 @@ impl Catalog {
                 start = i;
             }
         }
+        // Like the table, risk.txt is checked in; its unit test rejects malformed rows.
+        let (rows, _) = risk::parse_table(risk::TABLE);
+        let risk = risk::classify_all(&actions, &rows);
         Catalog {
             actions,
             services,
             source,
+            risk,
         }
+    }
+
+    fn index_of(&self, action: &Action) -> Option<usize> {
+        let s = self
+            .services
+            .binary_search_by(|s| cmp_ignore_case(s.0, action.service))
+            .ok()?;
+        let (_, start, end) = self.services[s];
+        self.actions[start..end]
+            .binary_search_by(|a| cmp_ignore_case(a.name, action.name))
+            .ok()
+            .map(|i| start + i)
+    }
+
+    fn risk_of(&self, action: &Action) -> Option<&Risk> {
+        self.risk.get(self.index_of(action)?)?.as_ref()
     }
 
     /// Where the table came from (package and version), for `--version` style output.
@@ -335,20 +326,6 @@ mod tests {
             assert_eq!(a.level, level, "{a}");
             assert_eq!(a.is_destructive(), destructive, "{a}");
         }
-    }
-
-    #[test]
-    fn verbs() {
-        let a = |name| Action {
-            service: "x",
-            name,
-            level: AccessLevel::Write,
-        };
-        assert_eq!(a("DeleteObject").verb(), "Delete");
-        assert_eq!(a("BatchDeleteImage").verb(), "Delete");
-        assert_eq!(a("Batch").verb(), "");
-        assert_eq!(a("GetObject").verb(), "Get");
-        assert_eq!(a("ListAWSServiceAccess").verb(), "List");
     }
 
     #[test]

@@ -342,7 +342,7 @@ pub fn main() -> ExitCode {
         Command::Pause { reason } => approve::pause(config, true, reason),
         Command::Resume => approve::pause(config, false, None),
         Command::Audit(cmd) => audit::run(config, cmd),
-        Command::Profiles(cmd) => profiles::run(cmd),
+        Command::Profiles(cmd) => profiles::run(config, cmd),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -9,7 +9,7 @@ use mandate::diag::Diagnostic;
 use mandate::policy::{self, CompiledProfile, MAX_POLICY_CHARS, explain};
 use mandate::profile::{self, ProfileError};
 
-use super::{Exit, default_profiles_dir, print_bytes};
+use super::{Exit, config_error, default_profiles_dir, print_bytes};
 
 #[derive(Debug, Subcommand)]
 pub enum ProfilesCmd {
@@ -20,7 +20,8 @@ pub enum ProfilesCmd {
         code is 3 if there is any. Directories are searched for *.toml files."
     )]
     Check {
-        /// Profile files or directories [default: profiles]
+        /// Profile files or directories [default: the config's profiles_dir when a config is
+        /// found, else profiles]
         paths: Vec<PathBuf>,
         /// Print only problems
         #[arg(short, long)]
@@ -36,7 +37,8 @@ pub enum ProfilesCmd {
 pub struct NamedProfile {
     /// Profile name (the file stem)
     name: String,
-    /// Directory holding the profiles [default: profiles]
+    /// Directory holding the profiles [default: the config's profiles_dir when a config is
+    /// found, else profiles]
     #[arg(long, value_name = "DIR", env = "MANDATE_PROFILES_DIR")]
     profiles: Option<PathBuf>,
     /// Machine-readable output
@@ -44,13 +46,23 @@ pub struct NamedProfile {
     json: bool,
 }
 
-pub fn run(cmd: ProfilesCmd) -> Exit {
+pub fn run(config: Option<PathBuf>, cmd: ProfilesCmd) -> Exit {
     match cmd {
-        ProfilesCmd::Check { paths, quiet } => check(paths, quiet),
-        ProfilesCmd::Show(p) => with_compiled(&p.name, p.profiles, |c| {
+        ProfilesCmd::Check { paths, quiet } => {
+            let paths = if paths.is_empty() {
+                match profiles_dir(config, None) {
+                    Ok(d) => vec![d],
+                    Err(exit) => return exit,
+                }
+            } else {
+                paths
+            };
+            check(paths, quiet)
+        }
+        ProfilesCmd::Show(p) => with_compiled(config, &p.name, p.profiles, |c| {
             if p.json { show_json(c) } else { show_text(c) }
         }),
-        ProfilesCmd::Explain(p) => with_compiled(&p.name, p.profiles, |c| {
+        ProfilesCmd::Explain(p) => with_compiled(config, &p.name, p.profiles, |c| {
             let e = explain::explain(c);
             if p.json {
                 json_text(&e.to_json(c))
@@ -58,6 +70,21 @@ pub fn run(cmd: ProfilesCmd) -> Exit {
                 explain_text(c, &e)
             }
         }),
+    }
+}
+
+/// Where the profiles are: `--profiles`, else the `profiles_dir` of the config when one is given
+/// (`--config`, `MANDATE_CONFIG`) or found in the usual places, else `profiles`.
+fn profiles_dir(config: Option<PathBuf>, explicit: Option<PathBuf>) -> Result<PathBuf, Exit> {
+    if let Some(d) = explicit {
+        return Ok(d);
+    }
+    match mandate::config::locate(config.as_deref()) {
+        Ok(path) => mandate::config::read(&path)
+            .map(|c| c.profiles_dir)
+            .map_err(|e| config_error(&e)),
+        Err(mandate::config::ConfigError::NotFound(_)) => Ok(default_profiles_dir()),
+        Err(e) => Err(config_error(&e)),
     }
 }
 
@@ -87,11 +114,6 @@ fn report(e: &ProfileError) -> Exit {
 }
 
 fn check(paths: Vec<PathBuf>, quiet: bool) -> Exit {
-    let paths = if paths.is_empty() {
-        vec![default_profiles_dir()]
-    } else {
-        paths
-    };
     let files = match profile::discover(&paths) {
         Ok(f) => f,
         Err(e) => return report(&e),
@@ -102,6 +124,9 @@ fn check(paths: Vec<PathBuf>, quiet: bool) -> Exit {
     for file in &files {
         match load_and_compile(file) {
             Ok(c) => {
+                for w in &c.profile.warnings {
+                    eprintln!("{w}");
+                }
                 if !quiet {
                     let _ = writeln!(
                         out,
@@ -141,11 +166,15 @@ fn check(paths: Vec<PathBuf>, quiet: bool) -> Exit {
 }
 
 fn with_compiled(
+    config: Option<PathBuf>,
     name: &str,
     dir: Option<PathBuf>,
     f: impl FnOnce(&CompiledProfile) -> Exit,
 ) -> Exit {
-    let dir = dir.unwrap_or_else(default_profiles_dir);
+    let dir = match profiles_dir(config, dir) {
+        Ok(d) => d,
+        Err(exit) => return exit,
+    };
     match profile::locate(&dir, name).and_then(|p| load_and_compile(&p)) {
         Ok(c) => f(&c),
         Err(e) => report(&e),
@@ -224,6 +253,46 @@ fn show_text(c: &CompiledProfile) -> Exit {
 
 const LIST_LIMIT: usize = 40;
 
+/// Per class: every classified action the profile's allows reach, and what becomes of it.
+fn explain_classes(s: &mut String, e: &explain::Explanation) {
+    if e.classes.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nClassified actions within reach: none (nothing the allows grant can destroy, \
+             disrupt, blind, escalate or expose)"
+        );
+        return;
+    }
+    let _ = writeln!(s, "\nClassified actions within reach, by class:");
+    for class in mandate::catalog::RiskClass::ALL {
+        let Some(list) = e.classes.get(&class) else {
+            continue;
+        };
+        let denied = list
+            .iter()
+            .filter(|(_, f)| *f == explain::Fate::Denied)
+            .count();
+        let _ = writeln!(
+            s,
+            "  {class} ({}): {} denied, {} need approval",
+            class.describe(),
+            denied,
+            list.len() - denied
+        );
+        for (a, fate) in list.iter().take(LIST_LIMIT) {
+            let why = a.risk().map(|r| r.why()).unwrap_or_default();
+            let _ = writeln!(s, "    {:<48} {:<15} {why}", a.full_name(), fate.as_str());
+        }
+        if list.len() > LIST_LIMIT {
+            let _ = writeln!(
+                s,
+                "    ... {} more (--json lists all)",
+                list.len() - LIST_LIMIT
+            );
+        }
+    }
+}
+
 fn explain_text(c: &CompiledProfile, e: &explain::Explanation) -> Exit {
     let mut s = String::new();
     let _ = writeln!(
@@ -264,8 +333,10 @@ fn explain_text(c: &CompiledProfile, e: &explain::Explanation) -> Exit {
             if u.partly_denied {
                 notes.push("partly denied");
             }
-            if u.action.is_destructive() {
-                notes.push("destructive: needs approval");
+            let class_note;
+            if let Some(r) = u.action.risk() {
+                class_note = format!("{}: needs approval", r.class);
+                notes.push(class_note.as_str());
             }
             let resources: Vec<&str> = u.resources.iter().map(String::as_str).collect();
             let notes = if notes.is_empty() {
@@ -295,6 +366,7 @@ fn explain_text(c: &CompiledProfile, e: &explain::Explanation) -> Exit {
             let _ = writeln!(s, "  {}", names.join(", "));
         }
     };
+    explain_classes(&mut s, e);
     summary(
         &mut s,
         "Denied automatically as destructive",
@@ -310,6 +382,15 @@ fn explain_text(c: &CompiledProfile, e: &explain::Explanation) -> Exit {
         "Destructive, usable only with approval",
         &e.needs_approval,
     );
+    if !e.managed_policies.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nManaged policies ({}): NOT ANALYSED. What they grant is not listed above and the \
+             automatic deny does not cover it; this is why every session needs a human.\n  {}",
+            e.managed_policies.len(),
+            e.managed_policies.join(", ")
+        );
+    }
     let _ = writeln!(
         s,
         "\nEvery session of this profile needs approval: {}",

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::catalog::{self, AccessLevel, Action};
+use crate::catalog::{self, AccessLevel, Action, RiskClass};
 use crate::policy::{CompiledProfile, Effect};
 use crate::profile::Approval;
 
@@ -19,6 +19,24 @@ pub struct Usable {
     pub partly_denied: bool,
 }
 
+/// What becomes of one classified action the profile's allows reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fate {
+    /// Denied in every session (the automatic Deny or the profile's own [[deny]]).
+    Denied,
+    /// Usable, because the profile opts into it; every session needs `approval`.
+    NeedsApproval,
+}
+
+impl Fate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fate::Denied => "denied",
+            Fate::NeedsApproval => "needs approval",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Explanation {
     pub usable: BTreeMap<AccessLevel, Vec<Usable>>,
@@ -28,6 +46,10 @@ pub struct Explanation {
     pub declared_denied: Vec<&'static Action>,
     /// Usable destructive actions (the profile's opt-ins): each session needs `approval`.
     pub needs_approval: Vec<&'static Action>,
+    /// Every classified action the profile's allows reach, by class, with what becomes of it.
+    pub classes: BTreeMap<RiskClass, Vec<(&'static Action, Fate)>>,
+    /// The profile passes managed policies, whose grants are not analysed here.
+    pub managed_policies: Vec<String>,
     pub approval: Approval,
 }
 
@@ -51,6 +73,7 @@ impl Explanation {
                             "conditional": u.conditional,
                             "partly_denied": u.partly_denied,
                             "destructive": u.action.is_destructive(),
+                            "class": u.action.risk().map(|r| r.class.as_str()),
                         })
                     })
                     .collect::<Vec<_>>();
@@ -65,6 +88,21 @@ impl Explanation {
             "auto_denied": names(&self.auto_denied),
             "declared_denied": names(&self.declared_denied),
             "needs_approval": names(&self.needs_approval),
+            "classes": self.classes.iter().map(|(class, list)| {
+                let actions: Vec<serde_json::Value> = list.iter().map(|(a, fate)| serde_json::json!({
+                    "action": a.full_name(),
+                    "status": fate.as_str(),
+                    "why": a.risk().map(|r| r.why()),
+                })).collect();
+                (class.as_str().to_owned(), serde_json::json!({
+                    "description": class.describe(),
+                    "denied": list.iter().filter(|(_, f)| *f == Fate::Denied).count(),
+                    "needs_approval": list.iter().filter(|(_, f)| *f == Fate::NeedsApproval).count(),
+                    "actions": actions,
+                }))
+            }).collect::<serde_json::Map<String, serde_json::Value>>(),
+            "managed_policies": self.managed_policies,
+            "managed_policies_analysed": false,
             "approval": self.approval.to_json(),
         })
     }
@@ -88,6 +126,7 @@ pub fn explain(c: &CompiledProfile) -> Explanation {
     let mut usable: BTreeMap<AccessLevel, Vec<Usable>> = BTreeMap::new();
     let mut declared_denied = Vec::new();
     let mut needs_approval = Vec::new();
+    let mut classes: BTreeMap<RiskClass, Vec<(&'static Action, Fate)>> = BTreeMap::new();
     for action in candidates {
         let allows: Vec<_> = doc
             .statement
@@ -97,6 +136,7 @@ pub fn explain(c: &CompiledProfile) -> Explanation {
         if allows.is_empty() {
             continue;
         }
+        let class = action.risk().map(|r| r.class);
         let denies: Vec<_> = doc
             .statement
             .iter()
@@ -106,10 +146,20 @@ pub fn explain(c: &CompiledProfile) -> Explanation {
             if !auto.contains(&(action.service, action.name)) {
                 declared_denied.push(action);
             }
+            if let Some(class) = class {
+                classes
+                    .entry(class)
+                    .or_default()
+                    .push((action, Fate::Denied));
+            }
             continue;
         }
-        if action.is_destructive() {
+        if let Some(class) = class {
             needs_approval.push(action);
+            classes
+                .entry(class)
+                .or_default()
+                .push((action, Fate::NeedsApproval));
         }
         usable.entry(action.level).or_default().push(Usable {
             action,
@@ -126,6 +176,13 @@ pub fn explain(c: &CompiledProfile) -> Explanation {
         auto_denied: c.auto_denied.clone(),
         declared_denied,
         needs_approval,
+        classes,
+        managed_policies: c
+            .profile
+            .managed_policies
+            .iter()
+            .map(|a| a.as_str().to_owned())
+            .collect(),
         approval: c.profile.approval,
     }
 }

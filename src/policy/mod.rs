@@ -2,8 +2,8 @@
 //! explains what a session can do.
 //!
 //! The compiled policy is: the declared allows, the declared denies, and one automatic explicit
-//! Deny of the destructive actions of every service the profile touches, minus the destructive
-//! actions the profile opts into. Output is minified and deterministic: the same profile gives the
+//! Deny of the classified (destructive in effect, see [`catalog::risk`]) actions the allows
+//! reach, minus those the profile opts into. Output is minified and deterministic: the same profile gives the
 //! same bytes and the same sha256.
 
 mod document;
@@ -258,14 +258,19 @@ struct AutoDeny {
     patterns: Vec<String>,
 }
 
-/// The automatic Deny: every destructive action of every touched service that the profile does
+/// The automatic Deny: every classified action that the profile's allows reach and that it does
 /// not opt into, written as few patterns as possible.
 ///
+/// Without managed policies, an action no allow matches is already denied (a session policy only
+/// ever narrows), so only the classified actions within reach need an explicit Deny: a wildcard
+/// never grants one implicitly. Managed policies may grant anything; their grants are unknown
+/// here, so then every classified action of every touched service is denied (and the profile
+/// needs a human anyway).
+///
 /// A pattern `service:Prefix*` is used when it matches no action the session must keep: the
-/// profile's opt-ins and its declared (non-destructive) allows. When the profile passes managed
-/// policies, whose grants are unknown here, it must also keep every non-destructive action of the
-/// service. Matching an action that is neither destructive nor kept is harmless, because the
-/// session could not use it anyway (session policies only ever narrow).
+/// profile's opt-ins and its declared (unclassified) allows. With managed policies it must also
+/// keep every unclassified action of the service. Matching an action that is neither
+/// classified nor kept is harmless, because the session could not use it anyway.
 fn auto_deny(profile: &Profile) -> AutoDeny {
     let cat = catalog::catalog();
     let services: Vec<&'static str> = match profile.touched_services() {
@@ -277,7 +282,11 @@ fn auto_deny(profile: &Profile) -> AutoDeny {
     let mut patterns = Vec::new();
     for service in services {
         let actions = cat.service(service).unwrap_or(&[]);
-        let is_denied = |a: &Action| a.is_destructive() && !profile.opts_into(a);
+        let is_denied = |a: &Action| {
+            a.is_destructive()
+                && !profile.opts_into(a)
+                && (keep_all_safe || profile.declares_allow(a))
+        };
         let deny: Vec<&'static Action> = actions.iter().filter(|a| is_denied(a)).collect();
         if deny.is_empty() {
             continue;
@@ -285,8 +294,8 @@ fn auto_deny(profile: &Profile) -> AutoDeny {
         let mut keep: Vec<String> = actions
             .iter()
             .filter(|a| {
-                !is_denied(a)
-                    && (keep_all_safe || profile.declares_allow(a) || profile.opts_into(a))
+                !a.is_destructive() && (keep_all_safe || profile.declares_allow(a))
+                    || profile.opts_into(a) && profile.declares_allow(a)
             })
             .map(|a| a.name.to_ascii_lowercase())
             .collect();

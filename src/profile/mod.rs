@@ -47,6 +47,9 @@ pub struct Profile {
     pub destructive: Vec<ActionPattern>,
     pub managed_policies: Vec<ManagedPolicyArn>,
     pub tags: BTreeMap<String, String>,
+    /// Things worth knowing that do not make the profile invalid (`profiles check` prints them):
+    /// wildcards that reach classified actions, which the automatic Deny then takes away.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Profile {
@@ -258,6 +261,7 @@ impl Parser<'_> {
         let mut destructive: Option<Vec<(ActionPattern, Range<usize>)>> = Some(Vec::new());
         let mut destructive_span = 0..0;
         let mut managed = Some(Vec::new());
+        let mut managed_span = 0..0;
         let mut tags = Some(BTreeMap::new());
 
         for (key, value) in table.iter() {
@@ -322,6 +326,7 @@ impl Parser<'_> {
                     };
                 }
                 "managed_policies" => {
+                    managed_span = value.span();
                     managed = self
                         .list(value, k, true, ManagedPolicyArn::parse)
                         .and_then(|arns| {
@@ -387,8 +392,17 @@ impl Parser<'_> {
             destructive: destructive.iter().map(|(a, _)| a.clone()).collect(),
             managed_policies: managed,
             tags,
+            warnings: Vec::new(),
         };
-        self.destructive_rules(&profile, table, &destructive, destructive_span);
+        if !profile.managed_policies.is_empty() && profile.approval == Approval::None {
+            self.err(
+                managed_span,
+                "managed_policies",
+                "managed policies are opaque to mandate: what they grant is not analysed and the automatic deny does not cover it, so every session needs a human: set approval = \"operator\" or approval = { peers = N }, or move their statements into [[allow]] blocks",
+            );
+        }
+        let mut profile = profile;
+        profile.warnings = self.destructive_rules(&profile, table, &destructive, destructive_span);
         Some(profile)
     }
 
@@ -399,7 +413,8 @@ impl Parser<'_> {
         table: &DeTable<'_>,
         destructive: &[(ActionPattern, Range<usize>)],
         destructive_span: Range<usize>,
-    ) {
+    ) -> Vec<Diagnostic> {
+        let mut warnings = Vec::new();
         if !destructive.is_empty() && p.approval == Approval::None {
             self.err(
                 destructive_span,
@@ -416,7 +431,7 @@ impl Parser<'_> {
                     span.clone(),
                     &path,
                     format!(
-                        "{} is not destructive ({level}); list it in an [[allow]] block only",
+                        "{} is not classified as destructive ({level}); list it in an [[allow]] block only",
                         quoted(&pat.to_string())
                     ),
                 );
@@ -437,10 +452,10 @@ impl Parser<'_> {
         // An explicitly named destructive action in an allow block would be silently killed by the
         // automatic deny; say so instead.
         let Some(allow_v) = table.get("allow") else {
-            return;
+            return warnings;
         };
         let DeValue::Array(blocks) = allow_v.get_ref() else {
-            return;
+            return warnings;
         };
         for (bi, (rule, block)) in p.allow.iter().zip(blocks.iter()).enumerate() {
             let Some(DeValue::Array(items)) = block
@@ -452,22 +467,51 @@ impl Parser<'_> {
                 continue;
             };
             for (ai, (pat, item)) in rule.actions.iter().zip(items.iter()).enumerate() {
-                if let ActionPattern::Exact(a) = pat
-                    && a.is_destructive()
-                    && !p.opts_into(a)
-                {
-                    self.err(
+                let path = format!("allow[{bi}].actions[{ai}]");
+                if let ActionPattern::Exact(a) = pat {
+                    if let Some(risk) = a.risk()
+                        && !p.opts_into(a)
+                    {
+                        self.err(
                             item.span(),
-                            &format!("allow[{bi}].actions[{ai}]"),
+                            &path,
                             format!(
-                                "{} is destructive ({}); add it to `destructive` (which requires approval) or remove it",
+                                "{} is destructive ({}: {}); add it to `destructive` (which requires approval) or remove it",
                                 quoted(&a.full_name()),
-                                a.level
+                                risk.class,
+                                risk.why()
                             ),
                         );
+                    }
+                    continue;
+                }
+                // A wildcard never grants a classified action implicitly: the automatic deny
+                // takes those away. Say how many, so nobody is surprised.
+                let mut by_class: BTreeMap<crate::catalog::RiskClass, usize> = BTreeMap::new();
+                for a in pat.expand().filter(|a| !p.opts_into(a)) {
+                    if let Some(r) = a.risk() {
+                        *by_class.entry(r.class).or_default() += 1;
+                    }
+                }
+                if !by_class.is_empty() {
+                    let total: usize = by_class.values().sum();
+                    let classes: Vec<String> =
+                        by_class.iter().map(|(c, n)| format!("{c} {n}")).collect();
+                    warnings.push(Diagnostic::at(
+                        self.label,
+                        self.src,
+                        item.span().start,
+                        format!(
+                            "warning: {path}: {} reaches {total} classified action(s) ({}); the automatic deny takes them away unless `destructive` lists them (see `mandate profiles explain {}`)",
+                            quoted(&pat.to_string()),
+                            classes.join(", "),
+                            p.name
+                        ),
+                    ));
                 }
             }
         }
+        warnings
     }
 
     fn approval(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Approval> {
