@@ -51,21 +51,68 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// The one rule for text a human reads on a terminal (`approvals list`, `approve`, `audit tail`,
+/// `audit show`, error messages): every control character (C0, DEL, C1), the line and
+/// paragraph separators, and every invisible formatting character (bidirectional controls,
+/// zero-width characters, the soft hyphen, the byte-order mark, tag characters, ...: Unicode's
+/// category Cf) must be escaped, so that text an agent wrote cannot move the cursor, recolour the
+/// screen, hide characters or reorder what a human reads.
+pub fn must_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{ad}'
+                | '\u{600}'..='\u{605}'
+                | '\u{61c}'
+                | '\u{6dd}'
+                | '\u{70f}'
+                | '\u{890}'..='\u{891}'
+                | '\u{8e2}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{110bd}'
+                | '\u{110cd}'
+                | '\u{13430}'..='\u{1343f}'
+                | '\u{1bca0}'..='\u{1bca3}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0001}'
+                | '\u{e0020}'..='\u{e007f}'
+        )
+}
+
 /// One line that is safe to print on a terminal: line breaks become spaces, and every other
-/// control character (C0, DEL, C1) and every bidirectional-formatting character is shown as a
-/// `\u{..}` escape, so text an agent or approver wrote cannot move the cursor, recolour the
-/// screen or reorder what a human reads.
+/// character [`must_escape`] names is shown as a `\u{..}` escape.
 pub fn terminal_line(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
             '\n' | '\r' => out.push(' '),
-            c if c.is_control()
-                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
-            {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32))
-            }
+            c if must_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
+        }
+    }
+    out
+}
+
+/// JSON text made safe for a terminal and still valid JSON: every character [`must_escape`]
+/// names is written as `\uXXXX` (a surrogate pair above U+FFFF). Such characters can only occur
+/// inside strings, where the escape means the same; line breaks between tokens (pretty-printed
+/// JSON) are kept.
+pub fn terminal_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c != '\n' && must_escape(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        } else {
+            out.push(c);
         }
     }
     out
@@ -86,6 +133,7 @@ pub fn quoted(text: &str) -> String {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             c if c.is_control() => out.extend(c.escape_default()),
+            c if must_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
         }
     }
@@ -102,6 +150,51 @@ mod tests {
             "a b\\u{1b}[31mred\\u{202e}txt\\u{9b}"
         );
         assert_eq!(super::terminal_line("plain é"), "plain é");
+    }
+
+    /// Review point 6: bidi, zero-width and other invisible characters never reach a terminal
+    /// raw, whichever renderer prints them.
+    #[test]
+    fn invisible_and_reordering_characters_are_escaped_everywhere() {
+        let hostile = [
+            ('\u{202e}', "right-to-left override"),
+            ('\u{2066}', "left-to-right isolate"),
+            ('\u{200b}', "zero-width space"),
+            ('\u{200d}', "zero-width joiner"),
+            ('\u{2060}', "word joiner"),
+            ('\u{feff}', "byte-order mark"),
+            ('\u{ad}', "soft hyphen"),
+            ('\u{61c}', "Arabic letter mark"),
+            ('\u{2028}', "line separator"),
+            ('\u{e0041}', "tag character"),
+            ('\u{1b}', "escape"),
+            ('\u{9b}', "C1 control sequence introducer"),
+        ];
+        for (c, what) in hostile {
+            let text = format!("approve{c}me");
+            for (renderer, out) in [
+                ("terminal_line", terminal_line(&text)),
+                ("quoted", quoted(&text)),
+                (
+                    "terminal_json",
+                    terminal_json(&serde_json::to_string(&text).unwrap()),
+                ),
+            ] {
+                assert!(
+                    !out.contains(c),
+                    "{renderer} let a raw {what} through: {out:?}"
+                );
+            }
+            let json = terminal_json(&serde_json::to_string(&text).unwrap());
+            assert_eq!(
+                serde_json::from_str::<String>(&json).unwrap(),
+                text,
+                "{what}: still the same JSON"
+            );
+        }
+        assert_eq!(terminal_line("a\u{200b}b"), "a\\u{200b}b");
+        assert_eq!(terminal_json("\"a\u{e0041}\""), "\"a\\udb40\\udc41\"");
+        assert_eq!(quoted("é ü 中"), "\"é ü 中\"");
     }
 
     use super::*;

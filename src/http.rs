@@ -323,10 +323,13 @@ const fn refuse(status: u16, code: &'static str, message: &'static str) -> Refus
 }
 
 /// The transport checks, in order, as a pure function of the request head (fuzzed in
-/// `fuzz/fuzz_targets/http_request.rs`). Header names are compared case-insensitively.
+/// `fuzz/fuzz_targets/http_request.rs`). `target` is the request-target as sent: only the
+/// origin form (`/path?query`) is accepted; the absolute form (`http://host/`) is what a client
+/// sends to a proxy, and is refused like the proxy headers. Header names are compared
+/// case-insensitively.
 pub fn screen(
     method: &str,
-    path: &str,
+    target: &str,
     headers: &[(&str, &[u8])],
     port: u16,
 ) -> Result<Screened, Refusal> {
@@ -339,6 +342,14 @@ pub fn screen(
     if method != "GET" {
         return Err(refuse(405, "method_not_allowed", "only GET is supported"));
     }
+    if !target.starts_with('/') {
+        return Err(refuse(
+            400,
+            "proxied",
+            "absolute-form request targets (requests meant for a proxy) are refused; send the path only",
+        ));
+    }
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
     if ["x-forwarded-for", "forwarded", "via", "x-forwarded-host"]
         .iter()
         .any(|n| header(n).is_some())
@@ -422,7 +433,8 @@ async fn respond<I: Issuer>(
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_bytes()))
         .collect();
-    let screened = match screen(req.method().as_str(), req.uri().path(), &headers, ctx.port) {
+    let target = req.uri().to_string();
+    let screened = match screen(req.method().as_str(), &target, &headers, ctx.port) {
         Ok(s) => s,
         Err(r) => {
             let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
@@ -606,6 +618,17 @@ mod tests {
             ),
             ("GET", "/profile/", ok.to_vec(), Err("not_found")),
             ("GET", "/profile/a/b", ok.to_vec(), Err("not_found")),
+            ("GET", "/?x=1", ok.to_vec(), Ok(Route::Default)),
+            // Absolute form, even with a loopback Host and the listener's own authority.
+            ("GET", "http://evil.example/", ok.to_vec(), Err("proxied")),
+            ("GET", "http://127.0.0.1:9911/", ok.to_vec(), Err("proxied")),
+            (
+                "GET",
+                "HTTP://127.0.0.1:9911/profile/x",
+                ok.to_vec(),
+                Err("proxied"),
+            ),
+            ("GET", "*", ok.to_vec(), Err("proxied")),
         ];
         for (method, path, headers, want) in cases {
             let hs = h(&headers);

@@ -714,3 +714,193 @@ fn agents_must_have_someone_who_can_approve_their_profiles() {
         )
     );
 }
+
+/// One raw request on the socket, as an agent's own client would send it.
+fn raw_request(d: &Daemon, request: &Value) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(line.trim()).unwrap_or(Value::Null)
+}
+
+/// Review point 5: counting and inserting pending requests is one atomic step. 40 concurrent
+/// raw clients with distinct reasons open exactly `max_pending` requests; 20 concurrent ones
+/// with the same binding share one.
+#[test]
+fn max_pending_holds_under_concurrency_and_a_same_digest_request_returns_the_pending_one() {
+    let moto = Moto::start();
+    let d = std::sync::Arc::new(Daemon::start(&config_text(
+        &moto.endpoint(),
+        "[approvals]\nmax_pending = 5\n[limits]\nbreaker_denials = 1000\n",
+    )));
+    let threads: Vec<_> = (0..40)
+        .map(|i| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                raw_request(
+                    &d,
+                    &json!({"op": "credentials", "profile": "deploy-staging", "reason": format!("reason {i}")}),
+                )
+            })
+        })
+        .collect();
+    let answers: Vec<Value> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let list = ok_json(&d.mandate(&["approvals", "list", "--json"]));
+    let pending: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "pending")
+        .collect();
+    assert_eq!(pending.len(), 5, "{list}");
+    let too_many = answers
+        .iter()
+        .filter(|a| a.to_string().contains("too_many_pending"))
+        .count();
+    assert_eq!(too_many, 35, "{answers:?}");
+
+    // The same binding from 20 clients at once: one request, the same id for everyone.
+    let d2 = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let d2 = std::sync::Arc::new(d2);
+    let threads: Vec<_> = (0..20)
+        .map(|_| {
+            let d = d2.clone();
+            std::thread::spawn(move || {
+                raw_request(
+                    &d,
+                    &json!({"op": "credentials", "profile": "deploy-staging", "reason": "the same"}),
+                )
+            })
+        })
+        .collect();
+    let answers: Vec<String> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap().to_string())
+        .collect();
+    let list = ok_json(&d2.mandate(&["approvals", "list", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let id = list[0]["id"].as_str().unwrap();
+    assert!(answers.iter().all(|a| a.contains(id)), "{answers:?}");
+    let pending_records = d2.audit().iter().filter(|r| r["kind"] == "pending").count();
+    assert_eq!(pending_records, 1);
+}
+
+/// Review point 6: bidi and zero-width characters in a reason never reach an approver's
+/// terminal raw (`approvals list`, `approve`, `audit tail`, `audit show`), and `approve` shows
+/// what it approves and asks on a terminal.
+#[test]
+fn hostile_reasons_are_escaped_and_approve_shows_the_request_and_asks() {
+    let moto = Moto::start();
+    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let reason = "fix prod\u{202e}gnirts\u{200b}\u{2066}hidden\u{2069}\u{feff}\u{1b}[2J";
+    let out = d.mandate(&["request", "deploy-staging", "--reason", reason]);
+    let id = pending_id(&out);
+    let hostile = [
+        '\u{202e}', '\u{200b}', '\u{2066}', '\u{2069}', '\u{feff}', '\u{1b}',
+    ];
+    let seq = {
+        let audit = d.audit();
+        audit.iter().find(|r| r["kind"] == "pending").unwrap()["seq"].to_string()
+    };
+    for args in [
+        vec!["approvals", "list"],
+        vec!["approvals", "list", "--json"],
+        vec!["audit", "tail"],
+        vec!["audit", "tail", "--json"],
+        vec!["audit", "show", seq.as_str()],
+    ] {
+        let out = d.mandate(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        for c in hostile {
+            assert!(
+                !text.contains(c),
+                "{args:?} printed a raw U+{:04X}: {text}",
+                c as u32
+            );
+        }
+    }
+
+    // On a terminal, `approve` shows the request and asks; "n" approves nothing.
+    let script = |answer: &str, extra: &str| {
+        let cmd = format!(
+            "{} --config {} approve {id} {extra}",
+            MANDATE,
+            d.config.display()
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script (util-linux)");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = script("n\n", "");
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(5), "{screen}");
+    for want in [
+        format!("request {id} (pending"),
+        "  agent     claude".to_owned(),
+        "  profile   deploy-staging".to_owned(),
+        "  role      arn:aws:iam::123456789012:role/agent-role".to_owned(),
+        "  duration  1800 s".to_owned(),
+        "(the agent's own claim)".to_owned(),
+        "  unlocks   destroy (".to_owned(),
+        "cloudformation:DeleteStack".to_owned(),
+        "  unlocks   escalate (".to_owned(),
+        "lambda:UpdateFunctionCode".to_owned(),
+        "Approve this request? [y/N]".to_owned(),
+        "not approved".to_owned(),
+    ] {
+        assert!(screen.contains(&want), "missing {want:?} in:\n{screen}");
+    }
+    for c in hostile {
+        assert!(
+            !screen.contains(c),
+            "a raw U+{:04X} on the terminal",
+            c as u32
+        );
+    }
+    let list = ok_json(&d.mandate(&["approvals", "list", "--json"]));
+    assert_eq!(list[0]["status"], "pending", "declining approved nothing");
+    // Destroy is listed before escalate.
+    assert!(screen.find("unlocks   destroy").unwrap() < screen.find("unlocks   escalate").unwrap());
+
+    let out = script("y\n", "");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let list = ok_json(&d.mandate(&["approvals", "list", "--json", "--all"]));
+    assert_eq!(list[0]["status"], "approved");
+
+    // --yes skips the question on a terminal (for scripts that run under one).
+    let id2 = pending_id(&d.mandate(&["request", "deploy-staging", "--reason", "second"]));
+    let cmd = format!(
+        "{} --config {} approve {id2} --yes",
+        MANDATE,
+        d.config.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{screen}");
+    assert!(!screen.contains("[y/N]"), "{screen}");
+}

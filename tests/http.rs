@@ -353,6 +353,24 @@ fn hostile_and_wrong_requests_get_the_documented_4xx_no_credential_and_an_audit_
             "proxied",
         ),
         (
+            "absolute-form target (a proxy request) with a loopback Host",
+            req(b.port, "GET", "http://evil.example/", &host, &auth(&good)),
+            400,
+            "proxied",
+        ),
+        (
+            "absolute-form target naming the listener itself",
+            req(
+                b.port,
+                "GET",
+                &format!("http://{host}/"),
+                &host,
+                &auth(&good),
+            ),
+            400,
+            "proxied",
+        ),
+        (
             "POST",
             req(
                 b.port,

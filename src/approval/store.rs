@@ -45,6 +45,15 @@ pub trait Store: Send + Sync {
     fn replace(&self, expected: u64, r: &ApprovalRequest) -> Result<bool, StoreError>;
     /// Requests of `agent` still pending at `now`.
     fn count_pending(&self, agent: &str, now: i64) -> Result<usize, StoreError>;
+    /// Opens `r` as one atomic step: if a request of the same agent with the same binding
+    /// digest is still pending, that one is returned instead; if the agent already has
+    /// `max_pending` pending requests, nothing is inserted. Never read-then-write across calls.
+    fn open_pending(
+        &self,
+        r: &ApprovalRequest,
+        max_pending: usize,
+        now: i64,
+    ) -> Result<Opened, StoreError>;
     /// Forgets requests created before `before` (all long decided or expired; the audit log
     /// keeps their story). Returns how many.
     fn prune(&self, before: i64) -> Result<usize, StoreError>;
@@ -59,6 +68,16 @@ pub trait Store: Send + Sync {
 
     fn set_pause(&self, p: Option<&Pause>) -> Result<(), StoreError>;
     fn pause(&self) -> Result<Option<Pause>, StoreError>;
+}
+
+/// What [`Store::open_pending`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opened {
+    Inserted,
+    /// A pending request with the same digest already exists.
+    Existing(Box<ApprovalRequest>),
+    /// The agent already has this many pending requests.
+    Full(usize),
 }
 
 /// The default store: one SQLite file in the state directory (0600, rollback journal,
@@ -252,6 +271,57 @@ impl Store for SqliteStore {
             )
         })
         .map(|n| n as usize)
+    }
+
+    fn open_pending(
+        &self,
+        r: &ApprovalRequest,
+        max_pending: usize,
+        now: i64,
+    ) -> Result<Opened, StoreError> {
+        self.with(|c| {
+            // The connection mutex serialises this daemon; the immediate transaction takes the
+            // database's write lock first, so another process cannot interleave either.
+            let tx = rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
+            let same: Option<String> = tx
+                .query_row(
+                    "SELECT data FROM approvals WHERE agent = ?1 AND digest = ?2 AND stage = 'pending' AND pending_until > ?3
+                     ORDER BY created_at DESC LIMIT 1",
+                    params![r.binding.agent, r.digest, now],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(data) = same {
+                let existing: ApprovalRequest = serde_json::from_str(&data).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+                })?;
+                return Ok(Opened::Existing(Box::new(existing)));
+            }
+            let open: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM approvals WHERE agent = ?1 AND stage = 'pending' AND pending_until > ?2",
+                params![r.binding.agent, now],
+                |row| row.get(0),
+            )?;
+            if open as usize >= max_pending {
+                return Ok(Opened::Full(open as usize));
+            }
+            tx.execute(
+                "INSERT INTO approvals (id, agent, digest, created_at, pending_until, stage, version, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    r.id.as_str(),
+                    r.binding.agent,
+                    r.digest,
+                    r.created_at,
+                    r.pending_until,
+                    stage_name(r),
+                    r.version as i64,
+                    encode(r)
+                ],
+            )?;
+            tx.commit()?;
+            Ok(Opened::Inserted)
+        })
     }
 
     fn prune(&self, before: i64) -> Result<usize, StoreError> {

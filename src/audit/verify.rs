@@ -65,20 +65,6 @@ fn write_string(text: &str, out: &mut String) {
     out.push('"');
 }
 
-/// Makes any JSON text safe for a terminal: control characters other than line breaks between
-/// tokens are written as `\uXXXX` (inside strings, which is the only place they can occur).
-pub fn terminal_safe(json: &str) -> String {
-    let mut out = String::with_capacity(json.len());
-    for c in json.chars() {
-        if c.is_control() && c != '\n' {
-            out.push_str(&format!("\\u{:04x}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// sha256 (hex) of a record's canonical form without its `hash` field.
 pub fn record_hash(record: &Value) -> String {
     let mut r = record.clone();

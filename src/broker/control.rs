@@ -454,7 +454,11 @@ impl<I: Issuer> Broker<I> {
             .into_iter()
             .filter(|r| only_agent.as_ref().is_none_or(|a| *a == r.binding.agent))
             .filter(|r| all || !r.status(now).is_final())
-            .map(|r| approval_view(&r, now))
+            .map(|r| {
+                let mut v = approval_view(&r, now);
+                v["unlocks"] = unlocks(&state, &r);
+                v
+            })
             .collect())
     }
 
@@ -815,6 +819,36 @@ fn admin_record(kind: Kind, caller: &Caller, approver: String, decision: &str) -
     r.pid = caller.pid();
     r.decision = Some(decision.into());
     r
+}
+
+/// What approving `r` lets the session do that needs a human: the classified actions its
+/// profile opts into, by class, and the managed policies it passes (not analysed). `null` when
+/// the profile changed since the request (the approval could not be used anyway).
+fn unlocks(state: &super::State, r: &ApprovalRequest) -> serde_json::Value {
+    let Some(c) = state
+        .profiles
+        .get(&r.binding.profile)
+        .filter(|c| c.profile_sha256 == r.binding.profile_sha256)
+    else {
+        return serde_json::Value::Null;
+    };
+    let e = crate::policy::explain::explain(c);
+    let mut classes = serde_json::Map::new();
+    for (class, list) in &e.classes {
+        let usable: Vec<String> = list
+            .iter()
+            .filter(|(_, f)| *f == crate::policy::explain::Fate::NeedsApproval)
+            .map(|(a, _)| a.full_name())
+            .collect();
+        if !usable.is_empty() {
+            classes.insert(class.as_str().to_owned(), serde_json::json!(usable));
+        }
+    }
+    serde_json::json!({
+        "classes": classes,
+        "managed_policies": e.managed_policies,
+        "usable_actions": e.usable_count(),
+    })
 }
 
 /// What `mandate approvals list` shows of a request.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::approval::store::{Store, StoreError};
+use crate::approval::store::{Opened, Store, StoreError};
 use crate::approval::{ApprovalId, ApprovalRequest, Binding, Requirement};
 use crate::audit::{AuditError, AuditLog, Kind, Record};
 use crate::aws::{AssumeRoleInput, Credentials, IamError, Issuer, Revoker, StsError};
@@ -455,6 +455,9 @@ pub struct Issued {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct CacheKey {
     agent: String,
+    /// The name as well as the hash: two profiles with identical content are still two
+    /// profiles, and a session is tagged (`mandate-profile`) and audited with exactly one.
+    profile: String,
     profile_sha256: String,
     role: String,
 }
@@ -805,19 +808,6 @@ impl<I: Issuer> Broker<I> {
     ) -> Result<Issued, BrokerError> {
         let cfg = self.state().config.approvals;
         let agent = c.grant.agent.clone();
-        let a = agent.clone();
-        let open = self.db(move |s| s.count_pending(&a, now)).await?;
-        if open >= cfg.max_pending {
-            let d = Denial {
-                code: DenyCode::TooManyPending,
-                message: format!(
-                    "agent {agent} already has {open} approval requests waiting (the limit is {}); wait for a decision",
-                    cfg.max_pending
-                ),
-                agent: Some(agent.clone()),
-            };
-            return Err(self.refuse(&caller, &req.profile, req.reason, d).await);
-        }
         let r = ApprovalRequest::new(
             ApprovalId::random(),
             c.binding.clone(),
@@ -826,6 +816,25 @@ impl<I: Issuer> Broker<I> {
             now,
             cfg.pending_ttl.as_secs() as i64,
         );
+        // Count, deduplicate and insert as one step in the store, so that concurrent requests
+        // can neither exceed max_pending nor open two requests for the same binding.
+        let stored = r.clone();
+        let max = cfg.max_pending;
+        match self.db(move |s| s.open_pending(&stored, max, now)).await? {
+            Opened::Inserted => {}
+            Opened::Existing(existing) => return Err(BrokerError::Pending(pending_of(&existing))),
+            Opened::Full(open) => {
+                let d = Denial {
+                    code: DenyCode::TooManyPending,
+                    message: format!(
+                        "agent {agent} already has {open} approval requests waiting (the limit is {}); wait for a decision",
+                        cfg.max_pending
+                    ),
+                    agent: Some(agent.clone()),
+                };
+                return Err(self.refuse(&caller, &req.profile, req.reason, d).await);
+            }
+        }
         let mut rec = Record::new(Kind::Pending);
         rec.approval_id = Some(r.id.to_string());
         rec.agent = Some(agent.clone());
@@ -840,9 +849,9 @@ impl<I: Issuer> Broker<I> {
         rec.digest = Some(r.digest.clone());
         rec.decision = Some("pending".into());
         rec.message = Some(format!("needs {}", r.requirement));
+        // If this write fails the daemon stops issuing altogether (audit unavailable), so the
+        // stored request can never lead to a credential without its record.
         self.audit.append_durable(rec).await?;
-        let stored = r.clone();
-        self.db(move |s| s.insert(&stored)).await?;
         let pending = pending_of(&r);
         self.parts.notifier.send(serde_json::json!({
             "event": "approval_pending",
@@ -1112,6 +1121,7 @@ impl<I: Issuer> Broker<I> {
 fn cache_key(grant: &Grant) -> CacheKey {
     CacheKey {
         agent: grant.agent.clone(),
+        profile: grant.profile.profile.name.as_str().to_owned(),
         profile_sha256: grant.profile.profile_sha256.clone(),
         role: grant.role.name.as_str().to_owned(),
     }

@@ -9,7 +9,7 @@ use mandate::protocol::Request;
 use mandate::revoke::Scope;
 
 use super::creds::{Failure, call};
-use super::{Exit, print_bytes};
+use super::{Exit, print_bytes, print_json};
 
 #[derive(Debug, Subcommand)]
 pub enum ApprovalsCmd {
@@ -71,7 +71,7 @@ fn fail(f: Failure) -> Exit {
 fn safe(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => {
-            mandate::audit::verify::terminal_safe(&serde_json::to_string(s).unwrap_or_default())
+            mandate::diag::terminal_json(&serde_json::to_string(s).unwrap_or_default())
                 .trim_matches('"')
                 .to_owned()
         }
@@ -87,7 +87,7 @@ pub fn list(config: Option<PathBuf>, all: bool, json: bool) -> Exit {
     };
     let items = resp.result.unwrap_or_default();
     if json {
-        return print_bytes(format!("{items}\n").as_bytes());
+        return print_json(&items, false);
     }
     let rows = items.as_array().cloned().unwrap_or_default();
     if rows.is_empty() {
@@ -113,12 +113,96 @@ pub fn list(config: Option<PathBuf>, all: bool, json: bool) -> Exit {
     print_bytes(out.as_bytes())
 }
 
+/// What an approver sees before approving: the request as the daemon holds it.
+fn describe(r: &serde_json::Value) -> String {
+    let mut s = format!(
+        "request {} ({}, {}/{} approvals, expires {}):\n",
+        safe(&r["id"]),
+        safe(&r["status"]),
+        r["approvals"].as_array().map_or(0, Vec::len),
+        r["need"],
+        safe(&r["expires"])
+    );
+    let uid = r["uid"]
+        .as_u64()
+        .map(|u| format!(" (uid {u})"))
+        .unwrap_or_default();
+    s.push_str(&format!("  agent     {}{uid}\n", safe(&r["agent"])));
+    s.push_str(&format!("  profile   {}\n", safe(&r["profile"])));
+    s.push_str(&format!("  role      {}\n", safe(&r["role"])));
+    s.push_str(&format!("  duration  {} s\n", r["duration_seconds"]));
+    s.push_str(&format!(
+        "  reason    {}  (the agent's own claim)\n",
+        match &r["reason"] {
+            serde_json::Value::String(x) => mandate::diag::quoted(x),
+            _ => "(none given)".into(),
+        }
+    ));
+    s.push_str(&format!("  needs     {}\n", safe(&r["needs"])));
+    match &r["unlocks"] {
+        serde_json::Value::Object(u) => {
+            let classes = u["classes"].as_object().cloned().unwrap_or_default();
+            if classes.is_empty() {
+                s.push_str("  unlocks   no classified action\n");
+            }
+            // Destructive classes first, in the order a reviewer should read them.
+            for class in mandate::catalog::RiskClass::ALL {
+                if let Some(list) = classes.get(class.as_str()).and_then(|l| l.as_array()) {
+                    let names: Vec<String> = list.iter().map(safe).collect();
+                    s.push_str(&format!(
+                        "  unlocks   {class} ({}): {}\n",
+                        class.describe(),
+                        names.join(", ")
+                    ));
+                }
+            }
+            if let Some(m) = u["managed_policies"].as_array().filter(|m| !m.is_empty()) {
+                let names: Vec<String> = m.iter().map(safe).collect();
+                s.push_str(&format!(
+                    "  unlocks   whatever these managed policies grant (not analysed): {}\n",
+                    names.join(", ")
+                ));
+            }
+        }
+        _ => s.push_str("  unlocks   unknown: the profile changed since the request\n"),
+    }
+    s
+}
+
+/// Shows the request about to be approved and, on a terminal, asks to confirm. `Ok(false)`
+/// means the approver said no.
+fn confirm(config: Option<&std::path::Path>, id: &ApprovalId, yes: bool) -> Result<bool, Exit> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let resp = call(config, &Request::Approvals { all: true }).map_err(fail)?;
+    let items = resp.result.unwrap_or_default();
+    let found = items
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["id"] == id.as_str());
+    if let Some(r) = found {
+        eprint!("{}", describe(r));
+    }
+    let stdin = std::io::stdin();
+    if yes || !stdin.is_terminal() {
+        return Ok(true);
+    }
+    eprint!("Approve this request? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    if stdin.lock().read_line(&mut answer).is_err() {
+        return Ok(false);
+    }
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
 pub fn vote(
     config: Option<PathBuf>,
     id: String,
     approve: bool,
     note: Option<String>,
     as_approver: Option<String>,
+    yes: bool,
 ) -> Exit {
     let id = match ApprovalId::parse(&id) {
         Ok(id) => id,
@@ -127,6 +211,18 @@ pub fn vote(
             return Exit::Usage;
         }
     };
+    if approve {
+        match confirm(config.as_deref(), &id, yes) {
+            Ok(true) => {}
+            Ok(false) => {
+                eprintln!(
+                    "mandate: not approved (confirmation declined); request {id} is unchanged"
+                );
+                return Exit::Denied;
+            }
+            Err(exit) => return exit,
+        }
+    }
     let req = Request::Vote {
         id,
         approve,
@@ -182,7 +278,7 @@ pub fn revoke(
         Ok(r) => {
             let v = r.result.unwrap_or_default();
             if json {
-                return print_bytes(format!("{v}\n").as_bytes());
+                return print_json(&v, false);
             }
             let mut out = String::new();
             if let Some(scope) = v["scope"].as_str() {

@@ -162,9 +162,7 @@ fn verify_cmd(
         let mut v = serde_json::to_value(&report).unwrap_or_default();
         v["intact"] = report.intact().into();
         v["key"] = fp.into();
-        print_bytes(
-            format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()).as_bytes(),
-        );
+        super::print_json(&v, true);
     } else if let Some(problem) = &report.problem {
         eprintln!("audit log DAMAGED: {problem}");
     } else {
@@ -223,7 +221,7 @@ fn matches(v: &serde_json::Value, agent: &Option<String>, kind: &Option<String>)
 fn render(line: &str, json: bool) -> String {
     match serde_json::from_str::<serde_json::Value>(line) {
         // Raw lines are already one-line, escaped JSON.
-        Ok(_) if json => format!("{}\n", verify::terminal_safe(line)),
+        Ok(_) if json => format!("{}\n", mandate::diag::terminal_json(line)),
         Ok(v) => format!("{}\n", human(&v)),
         Err(_) => format!("(unreadable line: {})\n", quoted(line)),
     }
@@ -323,7 +321,9 @@ fn show(dir: &Path, seq: u64) -> Exit {
                 && v["seq"].as_u64() == Some(seq)
             {
                 let pretty = serde_json::to_string_pretty(&v).unwrap_or_default();
-                return print_bytes(format!("{}\n", verify::terminal_safe(&pretty)).as_bytes());
+                return print_bytes(
+                    format!("{}\n", mandate::diag::terminal_json(&pretty)).as_bytes(),
+                );
             }
         }
     }

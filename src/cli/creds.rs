@@ -327,13 +327,7 @@ pub fn status(config_flag: Option<PathBuf>, json: bool) -> Exit {
     };
     let status = resp.status.unwrap_or_default();
     if json {
-        return print_bytes(
-            format!(
-                "{}\n",
-                serde_json::to_string_pretty(&status).unwrap_or_default()
-            )
-            .as_bytes(),
-        );
+        return super::print_json(&status, true);
     }
     let mut out = String::new();
     let audit_ok = status["audit_ok"].as_bool().unwrap_or(false);

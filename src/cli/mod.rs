@@ -180,6 +180,9 @@ enum Command {
         /// Act as this approver (when your uid belongs to several)
         #[arg(long = "as", value_name = "NAME")]
         as_approver: Option<String>,
+        /// Do not ask for confirmation on a terminal (for scripts)
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Reject a pending request for good (approvers only)
     Reject {
@@ -325,12 +328,13 @@ pub fn main() -> ExitCode {
             id,
             note,
             as_approver,
-        } => approve::vote(config, id, true, note, as_approver),
+            yes,
+        } => approve::vote(config, id, true, note, as_approver, yes),
         Command::Reject {
             id,
             note,
             as_approver,
-        } => approve::vote(config, id, false, note, as_approver),
+        } => approve::vote(config, id, false, note, as_approver, true),
         Command::Revoke {
             scope,
             gc,
@@ -381,6 +385,18 @@ pub(crate) fn config_error(e: &mandate::config::ConfigError) -> Exit {
             Exit::NotFound
         }
     }
+}
+
+/// Prints JSON for a machine (or a human piping it to a terminal): with the one terminal rule
+/// applied inside strings, so it stays the same JSON and never carries a raw control, bidi or
+/// zero-width character.
+pub(crate) fn print_json(v: &serde_json::Value, pretty: bool) -> Exit {
+    let text = if pretty {
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    } else {
+        v.to_string()
+    };
+    print_bytes(format!("{}\n", mandate::diag::terminal_json(&text)).as_bytes())
 }
 
 /// Writes to stdout; a closed pipe (`mandate ... | head`) is not an error worth a panic.

@@ -182,9 +182,7 @@ fn with_compiled(
 }
 
 fn json_text(v: &serde_json::Value) -> Exit {
-    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
-    s.push('\n');
-    print_bytes(s.as_bytes())
+    super::print_json(v, true)
 }
 
 fn show_json(c: &CompiledProfile) -> Exit {

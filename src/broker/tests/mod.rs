@@ -347,4 +347,72 @@ async fn a_failed_audit_log_stops_issuance_before_sts() {
     drop(dir);
 }
 
+/// Two profiles with identical content are two cache entries: each session is minted, tagged
+/// and audited for the profile it was asked for (review point 7).
+#[tokio::test]
+async fn profiles_with_identical_content_never_share_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    let body = "description = \"same\"\nrole = \"sandbox\"\napproval = \"none\"\n[[allow]]\nactions = [\"s3:GetObject\"]\nresources = [\"*\"]\n";
+    for name in [
+        "twin-a",
+        "twin-b",
+        "readonly",
+        "s3-data",
+        "deploy-staging",
+        "breakglass-admin",
+    ] {
+        std::fs::write(profiles.join(format!("{name}.toml")), body).unwrap();
+    }
+    let cfg = CONFIG
+        .replace("PROFILES", profiles.to_str().unwrap())
+        .replace(
+            "\"breakglass-admin\"]",
+            "\"breakglass-admin\", \"twin-a\", \"twin-b\"]",
+        );
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let (adir, log) = audit_dir();
+    let broker = Broker::new(
+        State::new(config::load(&path).unwrap(), false),
+        FakeIssuer::new(),
+        log,
+    );
+    let a = broker.credentials(CLAUDE, req("twin-a")).await.unwrap();
+    let b = broker.credentials(CLAUDE, req("twin-b")).await.unwrap();
+    let a2 = broker.credentials(CLAUDE, req("twin-a")).await.unwrap();
+    assert_eq!(broker.issuer.calls.load(Ordering::SeqCst), 2);
+    assert_ne!(a.credentials.access_key_id, b.credentials.access_key_id);
+    assert_eq!(a.credentials.access_key_id, a2.credentials.access_key_id);
+    assert_eq!(
+        (a.profile.as_str(), b.profile.as_str()),
+        ("twin-a", "twin-b")
+    );
+    let inputs = broker.issuer.inputs.lock().unwrap().clone();
+    let tag = |i: &AssumeRoleInput| {
+        i.tags
+            .iter()
+            .find(|t| t.0 == "mandate-profile")
+            .map(|t| t.1.clone())
+    };
+    assert_eq!(tag(&inputs[0]).as_deref(), Some("twin-a"));
+    assert_eq!(tag(&inputs[1]).as_deref(), Some("twin-b"));
+    broker
+        .audit()
+        .append_durable(Record::new(Kind::Stopped))
+        .await
+        .unwrap();
+    let delivered: Vec<_> = records(&adir)
+        .into_iter()
+        .filter(|r| r["kind"] == "delivered")
+        .collect();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0]["profile"], "twin-a");
+    assert_eq!(
+        delivered[0]["access_key_id"],
+        a.credentials.access_key_id.as_str()
+    );
+}
+
 mod approvals;
