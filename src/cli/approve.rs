@@ -169,24 +169,24 @@ fn describe(r: &serde_json::Value) -> String {
     s
 }
 
-/// Shows the request about to be approved and, on a terminal, asks to confirm. `Ok(false)`
-/// means the approver said no.
+/// On a terminal (unless `--yes`), shows the pending request about to be approved and asks to
+/// confirm; scripts (stdin not a terminal) are not asked. `Ok(false)` means the approver said no.
 fn confirm(config: Option<&std::path::Path>, id: &ApprovalId, yes: bool) -> Result<bool, Exit> {
     use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if yes || !stdin.is_terminal() {
+        return Ok(true);
+    }
     let resp = call(config, &Request::Approvals { all: true }).map_err(fail)?;
     let items = resp.result.unwrap_or_default();
     let found = items
         .as_array()
         .into_iter()
         .flatten()
-        .find(|r| r["id"] == id.as_str());
-    if let Some(r) = found {
-        eprint!("{}", describe(r));
-    }
-    let stdin = std::io::stdin();
-    if yes || !stdin.is_terminal() {
-        return Ok(true);
-    }
+        .find(|r| r["id"] == id.as_str() && r["status"] == "pending");
+    // Anything else (decided, unknown, not ours to see) the daemon refuses with its own words.
+    let Some(r) = found else { return Ok(true) };
+    eprint!("{}", describe(r));
     eprint!("Approve this request? [y/N] ");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
