@@ -368,7 +368,7 @@ pub fn read(path: &Path) -> Result<Config, ConfigError> {
 
 /// Reads the config and every profile in its `profiles_dir`, and cross-checks them.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let config = read(path)?;
+    let mut config = read(path)?;
     let label = path.display().to_string();
     // Files the daemon trusts must not be writable by anyone else (design §6, invariant 6).
     let mut unsafe_files = Vec::new();
@@ -384,6 +384,22 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
                 &label,
                 format!("agents.{}: {e}", agent.name),
             ));
+        }
+    }
+    // Helpers run as the daemon's uid: the program and every directory above it must be as
+    // trusted as the config. The checked absolute path is the one that runs.
+    for (what, argv) in [
+        (
+            "audit.checkpoint_command",
+            config.audit.checkpoint_command.as_mut(),
+        ),
+        ("notify.command", config.notify.command.as_mut()),
+    ] {
+        if let Some(program) = argv.and_then(|a| a.first_mut()) {
+            match crate::trust::trusted_program(program, what) {
+                Ok(real) => *program = real.display().to_string(),
+                Err(e) => unsafe_files.push(Diagnostic::whole_file(&label, e)),
+            }
         }
     }
     let mut diags = Vec::new();

@@ -57,6 +57,64 @@ pub fn trusted_file(path: &Path, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The whole environment of every helper the daemon runs (`[audit] checkpoint_command`,
+/// `[notify] command`): never the daemon's own, which may hold the base credentials.
+pub const HELPER_ENV: [(&str, &str); 2] = [
+    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    ("LANG", "C.UTF-8"),
+];
+
+/// Resolves a helper program (a bare name is looked up in [`HELPER_ENV`]'s PATH, like the
+/// helper itself would be) and refuses it, naming it, if the program or any directory above it
+/// could be changed by anyone but root and the daemon's user: the helper runs as the daemon's
+/// uid, which can read the signing key and write the approval store. Returns the absolute path
+/// that was checked, which is the one to run.
+pub fn trusted_program(program: &str, what: &str) -> Result<std::path::PathBuf, String> {
+    let path = if program.contains('/') {
+        std::path::PathBuf::from(program)
+    } else {
+        HELPER_ENV[0]
+            .1
+            .split(':')
+            .map(|d| Path::new(d).join(program))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                format!(
+                    "{what} {program:?} is not in {} (give an absolute path)",
+                    HELPER_ENV[0].1
+                )
+            })?
+    };
+    let shown = path.display();
+    let real = std::fs::canonicalize(&path).map_err(|e| format!("{what} {shown}: {e}"))?;
+    let meta = std::fs::metadata(&real).map_err(|e| format!("{what} {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{what} {shown} is not a regular file"));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(format!(
+            "{what} {shown} is writable by group or others; run chmod go-w on it"
+        ));
+    }
+    let me = crate::server::effective_uid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "{what} {shown} belongs to uid {}; it must belong to root or to the daemon's user (uid {me})",
+            meta.uid()
+        ));
+    }
+    // Every directory above the program (and above the link, for a symlink), up to the root.
+    let mut dirs: Vec<&Path> = real.ancestors().skip(1).collect();
+    let link = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+    if link != real {
+        dirs.extend(link.ancestors().skip(1));
+    }
+    for dir in dirs {
+        dir_is_safe(dir).map_err(|why| format!("{what} {shown} is not safe: {why}"))?;
+    }
+    Ok(real)
+}
+
 /// Creates `dir` (and missing parents) with mode 0700 whatever the umask; an existing
 /// directory is left as it is.
 pub fn create_private_dir(dir: &Path) -> Result<(), String> {
@@ -116,5 +174,47 @@ mod tests {
         // A sticky, world-writable directory (like /tmp) is fine: nobody else can replace files.
         std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(trusted_file(&link, "profile").is_ok());
+    }
+
+    #[test]
+    fn helper_programs_are_checked_up_to_the_root() {
+        // A system program, by name and by path, resolves to its real path.
+        let sh = trusted_program("sh", "notify command").unwrap();
+        assert!(sh.is_absolute(), "{sh:?}");
+        assert!(trusted_program("/bin/sh", "notify command").is_ok());
+        assert_eq!(
+            trusted_program("no-such-helper-xyz", "notify command").unwrap_err(),
+            "notify command \"no-such-helper-xyz\" is not in /usr/local/bin:/usr/bin:/bin (give an absolute path)"
+        );
+        // A program two levels below a directory others can write: refused, naming it.
+        let open = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let inner = open.path().join("bin");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let prog = inner.join("ship");
+        std::fs::write(&prog, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = trusted_program(prog.to_str().unwrap(), "checkpoint command").unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "checkpoint command {} is not safe: {} can be changed by group or others",
+                prog.display(),
+                open.path().display()
+            )
+        );
+        // Private all the way up: accepted. The program itself group-writable: refused.
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            trusted_program(prog.to_str().unwrap(), "x").unwrap(),
+            prog.canonicalize().unwrap()
+        );
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(
+            trusted_program(prog.to_str().unwrap(), "x")
+                .unwrap_err()
+                .ends_with("is writable by group or others; run chmod go-w on it")
+        );
     }
 }

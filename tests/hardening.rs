@@ -475,3 +475,104 @@ fn another_uid_cannot_use_the_socket_or_read_the_audit_log_tokens_or_key() {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// Review point 1: helpers (`[audit] checkpoint_command`, `[notify] command`) run with a
+/// cleared environment (never the base credentials), and a helper program that others could
+/// change, or one under a directory others can write, stops the daemon from starting, naming it.
+#[test]
+fn helpers_get_no_base_credentials_and_untrusted_helpers_are_refused() {
+    let moto = Moto::start();
+    let out_dir = tempfile::tempdir().unwrap();
+    let env_file = out_dir.path().join("checkpoint-env");
+    let extra = format!(
+        "[audit]\ncheckpoint_every = 1\ncheckpoint_command = [\"sh\", \"-c\", \"env > {}.tmp; mv {}.tmp {}\"]\n",
+        env_file.display(),
+        env_file.display(),
+        env_file.display()
+    );
+    let d = Daemon::start_with_env(
+        &config_text(&moto.endpoint(), &extra),
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "base-secret-canary"),
+            ("AWS_SESSION_TOKEN", "base-token-canary"),
+        ],
+    );
+    assert_eq!(
+        d.mandate(&["credential-process", "readonly"]).status.code(),
+        Some(0)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint command never ran:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(!env.contains("canary") && !env.contains("AWS_"), "{env}");
+    assert!(env.contains("PATH=/usr/local/bin:/usr/bin:/bin"), "{env}");
+    drop(d);
+
+    // Untrusted programs: in a directory others can write (two levels up), or writable itself.
+    let tmp = tempfile::tempdir().unwrap();
+    let open = tmp.path().join("open");
+    std::fs::create_dir_all(open.join("bin")).unwrap();
+    let chmod =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    chmod(&open, 0o777);
+    chmod(&open.join("bin"), 0o755);
+    let prog = open.join("bin/ship");
+    std::fs::write(&prog, "#!/bin/sh\ncat > /dev/null\n").unwrap();
+    chmod(&prog, 0o755);
+    for key in ["[audit]\ncheckpoint_command", "[notify]\ncommand"] {
+        let cfg = tmp.path().join("broker.toml");
+        std::fs::write(
+            &cfg,
+            config_text(
+                &moto.endpoint(),
+                &format!("{key} = [\"{}\"]\n", prog.display()),
+            ),
+        )
+        .unwrap();
+        chmod(&cfg, 0o600);
+        let (code, err) = serve_once(&cfg);
+        assert_eq!(code, Some(3), "{err}");
+        let what = if key.starts_with("[audit]") {
+            "audit.checkpoint_command"
+        } else {
+            "notify.command"
+        };
+        assert!(
+            err.contains(&format!(
+                "{what} {} is not safe: {} can be changed by group or others",
+                prog.display(),
+                open.display()
+            )),
+            "{err}"
+        );
+    }
+    chmod(&open, 0o755);
+    chmod(&prog, 0o775);
+    let cfg = tmp.path().join("broker.toml");
+    std::fs::write(
+        &cfg,
+        config_text(
+            &moto.endpoint(),
+            &format!("[notify]\ncommand = [\"{}\"]\n", prog.display()),
+        ),
+    )
+    .unwrap();
+    let (code, err) = serve_once(&cfg);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains(&format!(
+            "notify.command {} is writable by group or others; run chmod go-w on it",
+            prog.display()
+        )),
+        "{err}"
+    );
+    assert!(!tmp.path().join("run").exists(), "nothing was bound");
+}

@@ -764,8 +764,11 @@ fn ship(cmd: Vec<String>, line: String) {
         let Some((program, args)) = cmd.split_first() else {
             return;
         };
+        // A small, fixed environment: never the daemon's own (which holds the base credentials).
         let child = std::process::Command::new(program)
             .args(args)
+            .env_clear()
+            .envs(crate::trust::HELPER_ENV)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
