@@ -5,7 +5,10 @@
 //!   before every command), beside `/bin/true` and beside a plain boto3 script that calls
 //!   AssumeRole itself;
 //! * warm requests per second over the socket, in-process clients;
-//! * the daemon's resident memory when idle.
+//! * the daemon's resident memory when idle;
+//! * audit bytes per 10,000 cached deliveries with 1 KiB reasons, one record per delivery
+//!   (`delivery_window = "0s"`, what every delivery cost before) beside coalesced windows (the
+//!   default), side by side in one run.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -105,7 +108,7 @@ fn main() {
     )
     .unwrap();
     let extra = format!(
-        "\n[agents.bench]\nprofiles = [\"readonly\"]\ndefault_profile = \"readonly\"\ntoken_file = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[limits]\nmax_live_sessions = 1000\n",
+        "\n[agents.bench]\nprofiles = [\"readonly\"]\ndefault_profile = \"readonly\"\ntoken_file = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[limits]\nmax_live_sessions = 1000\nmax_deliveries = 100000000\n",
         token_file.display()
     );
     let d = Daemon::start(&config_text(&moto.endpoint(), &extra));
@@ -290,5 +293,88 @@ fn main() {
     println!(
         "\n## daemon memory\n\nidle RSS after the runs above: {:.1} MB",
         rss_kib(pid) as f64 / 1024.0
+    );
+    drop(d);
+    audit_volume(&moto);
+}
+
+fn audit_bytes(d: &Daemon) -> u64 {
+    std::fs::read_dir(d.dir.path().join("state/audit"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("audit-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// Audit bytes written for 10,000 cached deliveries (4 clients, 1 KiB reasons), per setting.
+fn audit_volume(moto: &Moto) {
+    const DELIVERIES: u64 = 10_000;
+    println!("\n## audit bytes per {DELIVERIES} cached deliveries (4 clients, 1 KiB reasons)\n");
+    println!("| delivery records | audit bytes | bytes per delivery | deliveries counted |");
+    println!("|---|---|---|---|");
+    let mut results = Vec::new();
+    for (name, window) in [
+        (
+            "one per delivery (`delivery_window = \"0s\"`, as before)",
+            "0s",
+        ),
+        ("coalesced per session and minute (default)", "60s"),
+    ] {
+        let extra = format!(
+            "[audit]\ndelivery_window = \"{window}\"\n[limits]\nmax_deliveries = 100000000\n"
+        );
+        let mut d = Daemon::start(&config_text(&moto.endpoint(), &extra));
+        let req = Request::Credentials {
+            profile: "readonly".into(),
+            agent: None,
+            reason: Some("r".repeat(1024)),
+            duration_seconds: None,
+            approval_id: None,
+        };
+        // Mint once; everything after is a cached delivery.
+        assert!(
+            mandate::client::call(&d.socket(), &req, Duration::from_secs(10))
+                .unwrap()
+                .ok
+        );
+        let before = audit_bytes(&d);
+        let left = Arc::new(AtomicU64::new(DELIVERIES));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (socket, req, left) = (d.socket(), req.clone(), left.clone());
+                std::thread::spawn(move || {
+                    while left
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        let r =
+                            mandate::client::call(&socket, &req, Duration::from_secs(10)).unwrap();
+                        assert!(r.ok);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        d.stop(); // closes every delivery window
+        let bytes = audit_bytes(&d) - before;
+        let counted: u64 = d
+            .audit()
+            .iter()
+            .filter(|r| r["kind"] == "delivered")
+            .map(|r| r["count"].as_u64().unwrap_or(1))
+            .sum();
+        println!(
+            "| {name} | {bytes} | {:.1} | {counted} |",
+            bytes as f64 / DELIVERIES as f64
+        );
+        results.push(bytes);
+    }
+    println!(
+        "\nratio coalesced / one per delivery: {:.5} ({:.0}x smaller)",
+        results[1] as f64 / results[0] as f64,
+        results[0] as f64 / results[1].max(1) as f64
     );
 }

@@ -159,6 +159,9 @@ pub struct Limits {
     pub max_issuances: u32,
     /// Unexpired sessions per agent.
     pub max_live_sessions: u32,
+    /// Cached deliveries per agent per `window` (each costs the audit log, so one agent
+    /// cannot make it grow without bound).
+    pub max_deliveries: u32,
     /// Denied or rejected requests per agent per `window` that trip the breaker.
     pub breaker_denials: u32,
     pub window: Duration,
@@ -169,6 +172,7 @@ impl Default for Limits {
         Limits {
             max_issuances: 60,
             max_live_sessions: 20,
+            max_deliveries: 100_000,
             breaker_denials: 20,
             window: Duration::from_secs(3600),
         }
@@ -308,18 +312,20 @@ const TOP: [&str; 9] = [
     "notify",
 ];
 const APPROVAL_KEYS: [&str; 3] = ["pending_ttl", "use_within", "max_pending"];
-const LIMIT_KEYS: [&str; 4] = [
+const LIMIT_KEYS: [&str; 5] = [
     "max_issuances",
     "max_live_sessions",
+    "max_deliveries",
     "breaker_denials",
     "window",
 ];
 const NOTIFY_KEYS: [&str; 3] = ["command", "webhook", "timeout"];
-const AUDIT_KEYS: [&str; 4] = [
+const AUDIT_KEYS: [&str; 5] = [
     "rotate_bytes",
     "checkpoint_every",
     "checkpoint_interval",
     "checkpoint_command",
+    "delivery_window",
 ];
 const BROKER_KEYS: [&str; 9] = [
     "state_dir",
@@ -785,6 +791,9 @@ impl ConfigParser<'_> {
                                 p.w.list(v, path, false, |s| Ok::<_, String>(s.to_owned()))
                                     .map(|argv| audit.checkpoint_command = Some(argv))
                             }
+                            "delivery_window" => p
+                                .duration(v, path, 0, 3600)
+                                .map(|d| audit.delivery_window = d),
                             _ => return None,
                         })
                     });
@@ -856,6 +865,9 @@ impl ConfigParser<'_> {
                             "max_live_sessions" => p
                                 .int(v, path, 1, 100_000)
                                 .map(|n| limits.max_live_sessions = n as u32),
+                            "max_deliveries" => p
+                                .int(v, path, 1, 100_000_000)
+                                .map(|n| limits.max_deliveries = n as u32),
                             "breaker_denials" => p
                                 .int(v, path, 1, 1_000_000)
                                 .map(|n| limits.breaker_denials = n as u32),

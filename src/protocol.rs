@@ -12,7 +12,9 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// Largest response line the client reads.
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// Longest `reason` accepted.
-pub const MAX_REASON_CHARS: usize = 1024;
+/// A reason is at most this many bytes (not characters: four-byte characters must not make
+/// records four times larger).
+pub const MAX_REASON_BYTES: usize = 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -86,12 +88,9 @@ impl Request {
                         "profile and agent names are at most {MAX_NAME} characters"
                     ));
                 }
-                if reason
-                    .as_ref()
-                    .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
-                {
+                if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON_BYTES) {
                     return bad(format!(
-                        "reason is longer than {MAX_REASON_CHARS} characters"
+                        "reason is longer than {MAX_REASON_BYTES} bytes (UTF-8)"
                     ));
                 }
             }

@@ -357,3 +357,119 @@ fn audit_tail_follow_prints_new_records_as_they_are_written() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+fn audit_bytes(d: &Daemon) -> u64 {
+    std::fs::read_dir(d.dir.path().join("state/audit"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("audit-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// Review points 3 and 8: one agent cannot fill the audit disk. Four clients hammering cached
+/// deliveries with 1 KiB reasons for three seconds make the log grow by a few records, not
+/// megabytes: deliveries of one session to one uid share a window (its first record durable
+/// before the credential leaves, the rest counted when it closes), cached deliveries count
+/// toward `limits.max_deliveries`, refusals over their record budget are counted, not written
+/// one by one, and reasons are limited in bytes.
+#[test]
+fn one_agent_cannot_fill_the_audit_log() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let moto = Moto::start();
+    let mut d = Daemon::start(&config_text(
+        &moto.endpoint(),
+        "[limits]\nmax_deliveries = 2000\nbreaker_denials = 1000000\n",
+    ));
+    let ok = |reason: &str| mandate::protocol::Request::Credentials {
+        profile: "readonly".into(),
+        agent: None,
+        reason: Some(reason.into()),
+        duration_seconds: None,
+        approval_id: None,
+    };
+    // Mint once; what follows is cached.
+    let first = mandate::client::call(&d.socket(), &ok("warm"), Duration::from_secs(10)).unwrap();
+    assert!(first.ok, "{first:?}");
+    let before = audit_bytes(&d);
+    let (delivered, limited) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let (socket, delivered, limited) = (d.socket(), delivered.clone(), limited.clone());
+            let req = ok(&format!("{i}{}", "x".repeat(1023)));
+            std::thread::spawn(move || {
+                while Instant::now() < deadline {
+                    let r = mandate::client::call(&socket, &req, Duration::from_secs(10)).unwrap();
+                    if r.ok {
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        assert_eq!(
+                            r.error.as_ref().map(|e| e.code.as_str()),
+                            Some("rate_limited"),
+                            "{r:?}"
+                        );
+                        limited.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let (delivered, limited) = (
+        delivered.load(Ordering::Relaxed),
+        limited.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        delivered, 2000,
+        "the delivery budget holds ({limited} refused)"
+    );
+    assert!(limited > 0);
+    let grown = audit_bytes(&d) - before;
+    eprintln!("{delivered} deliveries and {limited} refusals grew the audit log by {grown} bytes");
+    assert!(
+        grown < 64 * 1024,
+        "{grown} bytes for {delivered} deliveries"
+    );
+
+    // Reasons are limited in bytes, not characters.
+    let euro =
+        mandate::client::call(&d.socket(), &ok(&"€".repeat(342)), Duration::from_secs(10)).unwrap();
+    assert!(!euro.ok);
+    let e = euro.error.as_ref().unwrap();
+    assert_eq!(e.code, "bad_request");
+    assert!(
+        e.message.contains("reason is longer than 1024 bytes"),
+        "{euro:?}"
+    );
+
+    // Nothing is lost in the count: at shutdown every window is closed, and the delivered
+    // records add up to every delivery; every refusal is counted once.
+    d.stop();
+    let audit = d.audit();
+    let sum = |kind: &str, code: Option<&str>| -> u64 {
+        audit
+            .iter()
+            .filter(|r| r["kind"] == kind && code.is_none_or(|c| r["code"] == c))
+            .map(|r| r["count"].as_u64().unwrap_or(1))
+            .sum()
+    };
+    assert_eq!(sum("delivered", None), delivered);
+    let recorded_limited = sum("denied", Some("rate_limited"));
+    // (Refusals over the budget are counted into the next refusal record of the agent, so
+    // the ones since the last record are not in the log yet.)
+    assert!(
+        recorded_limited >= 1 && recorded_limited <= limited,
+        "{recorded_limited} of {limited} refusals accounted for"
+    );
+    let written = audit.iter().filter(|r| r["kind"] == "denied").count();
+    assert!(
+        written <= 25,
+        "{written} refusal records for {limited} refusals"
+    );
+    let out = d.mandate(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

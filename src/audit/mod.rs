@@ -116,6 +116,11 @@ pub struct Record {
     /// What a revocation, breaker or pause record is about (`agent claude`, `every agent`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// How many events this record stands for, when more than one: the further cached
+    /// deliveries of one session within a delivery window (`delivered`), or refusals of one
+    /// agent over its record budget (`denied`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl Record {
@@ -143,6 +148,10 @@ pub struct Options {
     pub checkpoint_interval: Duration,
     /// Run with each checkpoint line on stdin, to ship it elsewhere (argv, no shell).
     pub checkpoint_command: Option<Vec<String>>,
+    /// Cached deliveries of one session to one uid within this window share records: the
+    /// first is written (durably) before the credential leaves, the rest are counted in one
+    /// record when the window closes. Zero writes one (non-durable) record per delivery.
+    pub delivery_window: Duration,
 }
 
 impl Default for Options {
@@ -152,6 +161,7 @@ impl Default for Options {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(60),
             checkpoint_command: None,
+            delivery_window: Duration::from_secs(60),
         }
     }
 }

@@ -82,6 +82,8 @@ impl Controls {
 pub(super) struct Counters {
     issuances: VecDeque<i64>,
     denials: VecDeque<i64>,
+    /// Cached deliveries in the current fixed window: (window start, count).
+    deliveries: (i64, u32),
 }
 
 fn prune(q: &mut VecDeque<i64>, since: i64) {
@@ -176,6 +178,31 @@ impl<I: Issuer> Broker<I> {
     }
 
     /// Counts a denial or rejection; trips the breaker at the threshold.
+    /// Counts one cached delivery against the agent's budget (`limits.max_deliveries` per
+    /// `limits.window`, in fixed windows): every delivery costs the audit log something.
+    pub(super) fn count_delivery(&self, agent: &str, limits: &Limits) -> Result<(), Denial> {
+        let now = self.now();
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let c = counters.entry(agent.to_owned()).or_default();
+        let window = limits.window.as_secs() as i64;
+        if now >= c.deliveries.0 + window {
+            c.deliveries = (now, 0);
+        }
+        if c.deliveries.1 >= limits.max_deliveries {
+            return Err(Denial {
+                code: DenyCode::RateLimited,
+                message: format!(
+                    "agent {agent} reached its limit of {} cached deliveries per {} s; use the credentials until they expire (the AWS SDKs cache them), or ask an approver to raise limits.max_deliveries",
+                    limits.max_deliveries,
+                    limits.window.as_secs()
+                ),
+                agent: Some(agent.to_owned()),
+            });
+        }
+        c.deliveries.1 += 1;
+        Ok(())
+    }
+
     pub(super) async fn count_denial(&self, agent: &str) -> Result<(), BrokerError> {
         let limits = self.state().config.limits;
         let now = self.now();

@@ -17,6 +17,7 @@ use crate::profile::{Approval, BROKER_TAG_KEYS};
 use crate::revoke::{Pause, Revocation, Scope, Trip};
 
 mod control;
+mod volume;
 pub use control::{Controls, RevokeReport, VoteReport};
 
 /// Who is asking: never what the request claims.
@@ -518,6 +519,7 @@ pub struct Broker<I: Issuer> {
     parts: Parts,
     controls: RwLock<Arc<Controls>>,
     counters: Mutex<HashMap<String, control::Counters>>,
+    volume: volume::Volume,
     /// Serializes changes to revocations, trips and the pause (rare, human-driven).
     admin: tokio::sync::Mutex<()>,
 }
@@ -564,6 +566,7 @@ impl<I: Issuer> Broker<I> {
             parts,
             controls: RwLock::new(Arc::new(controls)),
             counters: Mutex::new(HashMap::new()),
+            volume: volume::Volume::default(),
             admin: tokio::sync::Mutex::new(()),
         })
     }
@@ -652,8 +655,27 @@ impl<I: Issuer> Broker<I> {
         r.decision = Some("deny".into());
         r.code = Some(d.code.as_str().into());
         r.message = Some(d.message.clone());
-        if let Err(e) = self.audit.append_durable(r).await {
-            return e.into();
+        // One agent (or unknown uid) cannot make the log grow without bound by being refused:
+        // over its record budget, refusals are counted into the next record written.
+        let who = match (&d.agent, caller.uid()) {
+            (Some(a), _) => format!("agent {a}"),
+            (None, Some(uid)) => format!("uid {uid}"),
+            (None, None) => "unknown".to_owned(),
+        };
+        match self.volume.refusal(&who, self.now()) {
+            None => {}
+            Some(suppressed) => {
+                if suppressed > 0 {
+                    r.count = Some(suppressed + 1);
+                    r.message = Some(format!(
+                        "{} ({suppressed} earlier refusals of {who} over the record budget were counted here, not recorded one by one)",
+                        d.message
+                    ));
+                }
+                if let Err(e) = self.audit.append_durable(r).await {
+                    return e.into();
+                }
+            }
         }
         if let Some(agent) = &d.agent
             && d.code.counts_toward_breaker()
@@ -921,11 +943,29 @@ impl<I: Issuer> Broker<I> {
         {
             return Err(self.refuse(caller, profile, reason.clone(), d).await);
         }
+        let state = self.state();
+        if let Err(d) = self.count_delivery(&grant.agent, &state.config.limits) {
+            return Err(self.refuse(caller, profile, reason.clone(), d).await);
+        }
         let mut r = base_record(Kind::Delivered, caller, grant, reason);
         r.request_id = Some(entry.request_id.clone());
         r.access_key_id = Some(entry.credentials.access_key_id.clone());
         r.expiration = Some(clock::rfc3339(entry.credentials.expiration));
-        self.audit.append(r).await?;
+        let window = state.config.audit.delivery_window;
+        match self
+            .volume
+            .delivery(&entry.request_id, caller.uid(), self.now(), window, r)
+        {
+            volume::DeliveryWrite::Counted => {}
+            volume::DeliveryWrite::Each(r) => self.audit.append(r).await?,
+            volume::DeliveryWrite::Opened { closed, first } => {
+                if let Some(c) = closed {
+                    self.audit.append(c).await?;
+                }
+                // Each window's first delivery is on disk before the credential leaves.
+                self.audit.append_durable(first).await?;
+            }
+        }
         tracing::debug!(
             agent = %grant.agent,
             profile = %grant.profile.profile.name,
@@ -1104,6 +1144,16 @@ impl<I: Issuer> Broker<I> {
             cached: false,
             approval_id,
         })
+    }
+
+    /// Writes the counts of delivery windows that have closed (all of them with `force`, at
+    /// shutdown). The daemon calls it every few seconds.
+    pub async fn flush_deliveries(&self, force: bool) -> Result<(), BrokerError> {
+        let window = self.state().config.audit.delivery_window;
+        for r in self.volume.close_expired(self.now(), window, force) {
+            self.audit.append(r).await?;
+        }
+        Ok(())
     }
 
     /// Live (unexpired) sessions, optionally of one agent.

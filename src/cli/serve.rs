@@ -215,13 +215,28 @@ async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
         path,
         base_is_temporary,
     ));
+    // Closed delivery windows are written every few seconds (their first delivery already is).
+    let flusher = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                if broker.flush_deliveries(false).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     server::serve(broker.clone(), listener, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     if let Some(t) = http_task {
         let _ = t.await;
     }
     reloader.abort();
+    flusher.abort();
     let _ = std::fs::remove_file(&c.socket);
+    let _ = broker.flush_deliveries(true).await;
     let _ = audit.append_durable(Record::new(Kind::Stopped)).await;
     let _ = audit.checkpoint_now().await;
     tracing::info!("mandate stopped");
