@@ -957,13 +957,13 @@ impl<I: Issuer> Broker<I> {
             .delivery(&entry.request_id, caller.uid(), self.now(), window, r)
         {
             volume::DeliveryWrite::Counted => {}
-            volume::DeliveryWrite::Each(r) => self.audit.append(r).await?,
+            volume::DeliveryWrite::Each(r) => self.audit.append(*r).await?,
             volume::DeliveryWrite::Opened { closed, first } => {
                 if let Some(c) = closed {
-                    self.audit.append(c).await?;
+                    self.audit.append(*c).await?;
                 }
                 // Each window's first delivery is on disk before the credential leaves.
-                self.audit.append_durable(first).await?;
+                self.audit.append_durable(*first).await?;
             }
         }
         tracing::debug!(

@@ -19,12 +19,12 @@ pub enum DeliveryWrite {
     /// Counted in the open window; nothing to write now.
     Counted,
     /// No coalescing (`delivery_window = "0s"`): one record per delivery.
-    Each(Record),
+    Each(Box<Record>),
     /// A new window: close the previous one (its further deliveries, if any), then write the
     /// window's first record durably before the credential leaves.
     Opened {
-        closed: Option<Record>,
-        first: Record,
+        closed: Option<Box<Record>>,
+        first: Box<Record>,
     },
 }
 
@@ -72,7 +72,7 @@ impl Volume {
         record: Record,
     ) -> DeliveryWrite {
         if window.is_zero() {
-            return DeliveryWrite::Each(record);
+            return DeliveryWrite::Each(Box::new(record));
         }
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         let key = (session.to_owned(), uid);
@@ -82,7 +82,7 @@ impl Volume {
             w.extra += 1;
             return DeliveryWrite::Counted;
         }
-        let closed = windows.remove(&key).as_ref().and_then(summary);
+        let closed = windows.remove(&key).as_ref().and_then(summary).map(Box::new);
         windows.insert(
             key,
             Window {
@@ -93,7 +93,7 @@ impl Volume {
         );
         DeliveryWrite::Opened {
             closed,
-            first: record,
+            first: Box::new(record),
         }
     }
 
