@@ -602,3 +602,86 @@ fn usage_errors_exit_2_and_help_exits_0() {
     let comp = run(root, &["completions", "bash"]);
     assert!(String::from_utf8_lossy(&comp.stdout).contains("_mandate()"));
 }
+
+/// Services nobody has reviewed fail closed: a wildcard never grants their Write or Tagging
+/// actions; naming one exactly is allowed, with a warning.
+#[test]
+fn unreviewed_services_fail_closed_under_wildcards() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("transfer-all.toml"),
+        format!("{BASE}[[allow]]\nactions = [\"transfer:*\"]\nresources = [\"*\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("transfer-one.toml"),
+        format!("{BASE}[[allow]]\nactions = [\"transfer:StartFileTransfer\", \"transfer:ListServers\"]\nresources = [\"*\"]\n"),
+    )
+    .unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let out = run(tmp.path(), &["profiles", "check", "transfer-all.toml"]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unreviewed "), "{err}");
+
+    let out = run(
+        root_dir(),
+        &[
+            "profiles",
+            "explain",
+            "transfer-all",
+            "--profiles",
+            dir,
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let denied: Vec<&str> = v["auto_denied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert!(denied.contains(&"transfer:CreateUser"), "{denied:?}");
+    assert!(denied.contains(&"transfer:StartFileTransfer"));
+    assert!(v["classes"]["unreviewed"]["denied"].as_u64().unwrap() > 10);
+    let usable: Vec<&str> = v["usable"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|l| l.as_array().unwrap())
+        .map(|u| u["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        usable.contains(&"transfer:ListServers"),
+        "reads stay usable"
+    );
+    assert!(!usable.iter().any(|a| a.starts_with("transfer:Create")));
+
+    // Named exactly: the author's decision. Usable without approval, with a warning.
+    let out = run(tmp.path(), &["profiles", "check", "transfer-one.toml"]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("transfer-one.toml:5:12: warning: allow[0].actions[0]: \"transfer:StartFileTransfer\" belongs to a service the classification has not reviewed; it is allowed because it is named exactly"),
+        "{err}"
+    );
+    let out = run(
+        root_dir(),
+        &[
+            "profiles",
+            "explain",
+            "transfer-one",
+            "--profiles",
+            dir,
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["auto_denied"], serde_json::json!([]));
+    assert_eq!(v["needs_approval"], serde_json::json!([]));
+    assert_eq!(
+        v["classes"]["unreviewed"]["actions"][0]["status"],
+        "usable (named exactly, unreviewed)"
+    );
+}

@@ -82,7 +82,11 @@ impl Volume {
             w.extra += 1;
             return DeliveryWrite::Counted;
         }
-        let closed = windows.remove(&key).as_ref().and_then(summary).map(Box::new);
+        let closed = windows
+            .remove(&key)
+            .as_ref()
+            .and_then(summary)
+            .map(Box::new);
         windows.insert(
             key,
             Window {

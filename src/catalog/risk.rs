@@ -9,10 +9,12 @@
 //!    "reviewed: not dangerous" and overrides the rules below;
 //! 2. else it is a Permissions-management action (it changes who may do what);
 //! 3. else it is a Write action with a destructive verb anywhere among the words of its name
-//!    (`PartiQLDelete`, `AdminDeleteUser`, `StartFHIRBulkDeleteJob`).
+//!    (`PartiQLDelete`, `AdminDeleteUser`, `StartFHIRBulkDeleteJob`);
+//! 4. else it is a Write or Tagging action of a service without a `SERVICE:* reviewed` row:
+//!    class `unreviewed`, so that a wildcard over a service nobody has reviewed fails closed.
 //!
-//! The table is the primary source; the verb rule only supplements it for services nobody has
-//! reviewed yet. The unit tests check every row against the catalog.
+//! The table is the primary source; the verb rule only supplements it. The unit tests check
+//! every row against the catalog.
 
 use std::fmt;
 
@@ -34,16 +36,20 @@ pub enum RiskClass {
     Escalate,
     /// Exposes data publicly or to other accounts.
     Expose,
+    /// A Write or Tagging action of a service nobody has reviewed yet: a wildcard never grants
+    /// it (fail closed); naming it exactly is the profile author's own decision.
+    Unreviewed,
 }
 
 impl RiskClass {
     /// In the order a reviewer should read them: what cannot be undone first.
-    pub const ALL: [RiskClass; 5] = [
+    pub const ALL: [RiskClass; 6] = [
         RiskClass::Destroy,
         RiskClass::Escalate,
         RiskClass::Blind,
         RiskClass::Expose,
         RiskClass::Disrupt,
+        RiskClass::Unreviewed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +59,7 @@ impl RiskClass {
             RiskClass::Blind => "blind",
             RiskClass::Escalate => "escalate",
             RiskClass::Expose => "expose",
+            RiskClass::Unreviewed => "unreviewed",
         }
     }
 
@@ -66,11 +73,15 @@ impl RiskClass {
                 "escalate or escape the profile (identities, credentials, roles, code run as another principal)"
             }
             RiskClass::Expose => "expose data publicly or to other accounts",
+            RiskClass::Unreviewed => {
+                "change things in a service whose actions nobody has reviewed yet"
+            }
         }
     }
 
     fn parse(s: &str) -> Option<Option<RiskClass>> {
         Some(Some(match s {
+            "unreviewed" => return None,
             "destroy" => RiskClass::Destroy,
             "disrupt" => RiskClass::Disrupt,
             "blind" => RiskClass::Blind,
@@ -100,6 +111,8 @@ pub enum Basis {
     PermissionsManagement,
     /// A Write action whose name contains a destructive verb.
     Verb(&'static str),
+    /// A Write or Tagging action of a service without a `SERVICE:* reviewed` row.
+    Unreviewed,
 }
 
 /// The classification of one action.
@@ -118,14 +131,27 @@ impl Risk {
                 "a Permissions-management action: it changes who may do what".to_owned()
             }
             Basis::Verb(v) => format!("a Write action that says {v:?}"),
+            Basis::Unreviewed => format!(
+                "a {} action of a service the classification has not reviewed yet",
+                if self.class == RiskClass::Unreviewed {
+                    "Write or Tagging"
+                } else {
+                    "Write"
+                }
+            ),
         }
     }
 }
 
 /// Destructive verbs, wherever they stand in an action's name (ignoring case, for names such as
 /// `apigateway:DELETE`), with the class they imply.
-pub const DESTRUCTIVE_VERBS: [(&str, RiskClass); 24] = [
+pub const DESTRUCTIVE_VERBS: [(&str, RiskClass); 34] = [
+    ("Bypass", RiskClass::Destroy),
     ("Delete", RiskClass::Destroy),
+    ("Deprovision", RiskClass::Destroy),
+    ("Redact", RiskClass::Destroy),
+    ("Reset", RiskClass::Destroy),
+    ("Unlock", RiskClass::Destroy),
     ("Destroy", RiskClass::Destroy),
     ("Drop", RiskClass::Destroy),
     ("Erase", RiskClass::Destroy),
@@ -135,10 +161,12 @@ pub const DESTRUCTIVE_VERBS: [(&str, RiskClass); 24] = [
     ("Terminate", RiskClass::Destroy),
     ("Truncate", RiskClass::Destroy),
     ("Wipe", RiskClass::Destroy),
+    ("Deactivate", RiskClass::Disrupt),
     ("Deregister", RiskClass::Disrupt),
     ("Detach", RiskClass::Disrupt),
     ("Disable", RiskClass::Disrupt),
     ("Disassociate", RiskClass::Disrupt),
+    ("Disconnect", RiskClass::Disrupt),
     ("Evict", RiskClass::Disrupt),
     ("Failover", RiskClass::Disrupt),
     ("Reboot", RiskClass::Disrupt),
@@ -146,9 +174,12 @@ pub const DESTRUCTIVE_VERBS: [(&str, RiskClass); 24] = [
     ("Revoke", RiskClass::Disrupt),
     ("Shutdown", RiskClass::Disrupt),
     ("Stop", RiskClass::Disrupt),
+    ("Suspend", RiskClass::Disrupt),
     ("Unassign", RiskClass::Disrupt),
     ("Unlink", RiskClass::Disrupt),
+    ("Unshare", RiskClass::Disrupt),
     ("Unsubscribe", RiskClass::Disrupt),
+    ("Withdraw", RiskClass::Disrupt),
 ];
 
 /// The words of a CamelCase action name: `PartiQLDelete` → `Parti`, `QL`, `Delete`;
@@ -188,23 +219,32 @@ pub fn words(name: &str) -> impl Iterator<Item = &str> {
     cuts.into_iter().map(move |(s, e)| &name[s..e])
 }
 
-/// The built-in rules (2 and 3 above) for an action no table row decides.
-fn built_in(action: &Action) -> Option<Risk> {
+/// The built-in rules (2 to 4 above) for an action no table row decides; `reviewed` says
+/// whether the action's service has a `SERVICE:* reviewed` row.
+fn built_in(action: &Action, reviewed: bool) -> Option<Risk> {
+    let unreviewed = (!reviewed
+        && matches!(action.level, AccessLevel::Write | AccessLevel::Tagging))
+    .then_some(Risk {
+        class: RiskClass::Unreviewed,
+        basis: Basis::Unreviewed,
+    });
     match action.level {
         AccessLevel::PermissionsManagement => Some(Risk {
             class: RiskClass::Escalate,
             basis: Basis::PermissionsManagement,
         }),
-        AccessLevel::Write => words(action.name).find_map(|w| {
-            DESTRUCTIVE_VERBS
-                .iter()
-                .find(|(v, _)| v.eq_ignore_ascii_case(w))
-                .map(|&(v, class)| Risk {
-                    class,
-                    basis: Basis::Verb(v),
-                })
-        }),
-        _ => None,
+        AccessLevel::Write => words(action.name)
+            .find_map(|w| {
+                DESTRUCTIVE_VERBS
+                    .iter()
+                    .find(|(v, _)| v.eq_ignore_ascii_case(w))
+                    .map(|&(v, class)| Risk {
+                        class,
+                        basis: Basis::Verb(v),
+                    })
+            })
+            .or(unreviewed),
+        _ => unreviewed,
     }
 }
 
@@ -216,8 +256,12 @@ pub struct Row {
     /// The action name or wildcard within the service.
     pub pattern: &'static str,
     pub full: &'static str,
-    /// `None` for `safe`.
+    /// `None` for `safe` (and for `reviewed` markers).
     pub class: Option<RiskClass>,
+    /// A `SERVICE:* reviewed` marker: every action of the service was reviewed, so its Write
+    /// actions that no row or built-in rule classifies are everyday work. It classifies nothing
+    /// itself.
+    pub reviewed: bool,
     pub why: &'static str,
 }
 
@@ -264,7 +308,12 @@ pub fn parse_table(table: &'static str) -> (Vec<Row>, Vec<String>) {
             errors.push(format!("{line_no}: expected PATTERN CLASS WHY"));
             continue;
         };
-        let Some(class) = RiskClass::parse(class) else {
+        let reviewed = class == "reviewed";
+        let Some(class) = (if reviewed {
+            Some(None)
+        } else {
+            RiskClass::parse(class)
+        }) else {
             errors.push(format!("{line_no}: unknown class {class:?}"));
             continue;
         };
@@ -277,12 +326,19 @@ pub fn parse_table(table: &'static str) -> (Vec<Row>, Vec<String>) {
             errors.push(format!("{line_no}: {full} has no why"));
             continue;
         }
+        if reviewed && pattern != "*" {
+            errors.push(format!(
+                "{line_no}: a reviewed marker names a whole service: {service}:*"
+            ));
+            continue;
+        }
         rows.push(Row {
             line: line_no,
             service,
             pattern,
             full,
             class,
+            reviewed,
             why,
         });
     }
@@ -294,7 +350,12 @@ pub fn parse_table(table: &'static str) -> (Vec<Row>, Vec<String>) {
 pub(super) fn classify_all(actions: &[Action], rows: &[Row]) -> Vec<Option<Risk>> {
     // The best row per action: (specificity, row index).
     let mut best: Vec<Option<(usize, usize)>> = vec![None; actions.len()];
-    for (ri, row) in rows.iter().enumerate() {
+    let reviewed: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter(|r| r.reviewed)
+        .map(|r| r.service)
+        .collect();
+    for (ri, row) in rows.iter().enumerate().filter(|(_, r)| !r.reviewed) {
         let start = actions.partition_point(|a| a.service < row.service);
         for (offset, a) in actions[start..]
             .iter()
@@ -321,7 +382,7 @@ pub(super) fn classify_all(actions: &[Action], rows: &[Row]) -> Vec<Option<Risk>
                     why: rows[ri].why,
                 },
             }),
-            None => built_in(a),
+            None => built_in(a, reviewed.contains(a.service)),
         })
         .collect()
 }
@@ -361,17 +422,31 @@ mod tests {
             name,
             level: AccessLevel::Write,
         };
-        assert!(built_in(&a("RestoreDeletedThing")).is_none());
-        assert!(built_in(&a("UpdateDeletionPolicy")).is_none());
+        assert!(built_in(&a("RestoreDeletedThing"), true).is_none());
+        assert!(built_in(&a("UpdateDeletionPolicy"), true).is_none());
         assert_eq!(
-            built_in(&a("PartiQLDelete")).map(|r| r.class),
+            built_in(&a("PartiQLDelete"), true).map(|r| r.class),
             Some(RiskClass::Destroy)
         );
         let read = Action {
             level: AccessLevel::Read,
             ..a("DeleteNothing")
         };
-        assert!(built_in(&read).is_none(), "only Write actions have verbs");
+        assert!(
+            built_in(&read, true).is_none(),
+            "only Write actions have verbs"
+        );
+        // Unreviewed services fail closed for Write and Tagging, never for reads.
+        assert_eq!(
+            built_in(&a("UpdateThing"), false).map(|r| r.class),
+            Some(RiskClass::Unreviewed)
+        );
+        assert_eq!(
+            built_in(&a("DeleteThing"), false).map(|r| r.class),
+            Some(RiskClass::Destroy),
+            "a verb still says more"
+        );
+        assert!(built_in(&read, false).is_none());
     }
 
     /// Checked in CI: every row of the reviewed table parses, names a known service and matches
@@ -428,6 +503,9 @@ mod tests {
                     matched[0].full_name()
                 ));
             }
+            if row.reviewed {
+                continue;
+            }
             let decides = matched.iter().any(|a| match a.risk().map(|r| r.basis) {
                 Some(Basis::Reviewed { pattern, .. }) => pattern == row.full,
                 _ => row.class.is_none() && a.risk().is_none(),
@@ -444,7 +522,7 @@ mod tests {
 
     #[test]
     fn precedence_exact_then_longest_wildcard_then_built_in() {
-        let table: &'static str = "x:Put* expose p\nx:PutBucket* destroy pb\nx:PutBucketAcl safe fine\nx:DeleteIt safe reviewed\nx:GetSecret expose read\nx:Get* destroy never for reads\n";
+        let table: &'static str = "x:* reviewed all of x\nx:Put* expose p\nx:PutBucket* destroy pb\nx:PutBucketAcl safe fine\nx:DeleteIt safe reviewed\nx:GetSecret expose read\nx:Get* destroy never for reads\n";
         let (rows, errors) = parse_table(table);
         assert!(errors.is_empty(), "{errors:?}");
         let act = |name, level| Action {
@@ -479,13 +557,17 @@ mod tests {
                 Some("escalate"), // Permissions management
             ]
         );
-        let (_, errors) = parse_table("x:Y nosuch why\nnocolon destroy why\nx:Z destroy\n");
+        let (_, errors) = parse_table(
+            "x:Y nosuch why\nnocolon destroy why\nx:Z destroy\nx:Put* reviewed no\nx:A unreviewed no\n",
+        );
         assert_eq!(
             errors,
             [
                 "1: unknown class \"nosuch\"",
                 "2: \"nocolon\" is not service:Action",
-                "3: expected PATTERN CLASS WHY"
+                "3: expected PATTERN CLASS WHY",
+                "4: a reviewed marker names a whole service: x:*",
+                "5: unknown class \"unreviewed\"",
             ]
         );
     }

@@ -266,16 +266,19 @@ fn explain_classes(s: &mut String, e: &explain::Explanation) {
         let Some(list) = e.classes.get(&class) else {
             continue;
         };
-        let denied = list
-            .iter()
-            .filter(|(_, f)| *f == explain::Fate::Denied)
-            .count();
+        let n = |fate| list.iter().filter(|(_, f)| *f == fate).count();
+        let exact = n(explain::Fate::NamedExactly);
         let _ = writeln!(
             s,
-            "  {class} ({}): {} denied, {} need approval",
+            "  {class} ({}): {} denied, {} need approval{}",
             class.describe(),
-            denied,
-            list.len() - denied
+            n(explain::Fate::Denied),
+            n(explain::Fate::NeedsApproval),
+            if exact > 0 {
+                format!(", {exact} usable because named exactly")
+            } else {
+                String::new()
+            }
         );
         for (a, fate) in list.iter().take(LIST_LIMIT) {
             let why = a.risk().map(|r| r.why()).unwrap_or_default();

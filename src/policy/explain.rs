@@ -26,6 +26,8 @@ pub enum Fate {
     Denied,
     /// Usable, because the profile opts into it; every session needs `approval`.
     NeedsApproval,
+    /// Usable without a human: an action of an unreviewed service the profile names exactly.
+    NamedExactly,
 }
 
 impl Fate {
@@ -33,6 +35,7 @@ impl Fate {
         match self {
             Fate::Denied => "denied",
             Fate::NeedsApproval => "needs approval",
+            Fate::NamedExactly => "usable (named exactly, unreviewed)",
         }
     }
 }
@@ -155,11 +158,13 @@ pub fn explain(c: &CompiledProfile) -> Explanation {
             continue;
         }
         if let Some(class) = class {
-            needs_approval.push(action);
-            classes
-                .entry(class)
-                .or_default()
-                .push((action, Fate::NeedsApproval));
+            let fate = if c.profile.opts_into(action) || !c.profile.uses_unreviewed(action) {
+                needs_approval.push(action);
+                Fate::NeedsApproval
+            } else {
+                Fate::NamedExactly
+            };
+            classes.entry(class).or_default().push((action, fate));
         }
         usable.entry(action.level).or_default().push(Usable {
             action,

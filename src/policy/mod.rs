@@ -285,6 +285,7 @@ fn auto_deny(profile: &Profile) -> AutoDeny {
         let is_denied = |a: &Action| {
             a.is_destructive()
                 && !profile.opts_into(a)
+                && !profile.uses_unreviewed(a)
                 && (keep_all_safe || profile.declares_allow(a))
         };
         let deny: Vec<&'static Action> = actions.iter().filter(|a| is_denied(a)).collect();
@@ -295,7 +296,8 @@ fn auto_deny(profile: &Profile) -> AutoDeny {
             .iter()
             .filter(|a| {
                 !a.is_destructive() && (keep_all_safe || profile.declares_allow(a))
-                    || profile.opts_into(a) && profile.declares_allow(a)
+                    || (profile.opts_into(a) || profile.uses_unreviewed(a))
+                        && profile.declares_allow(a)
             })
             .map(|a| a.name.to_ascii_lowercase())
             .collect();

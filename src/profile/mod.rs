@@ -60,6 +60,25 @@ impl Profile {
             .any(|r| r.actions.iter().any(|p| p.matches(action)))
     }
 
+    /// Whether an allow block names `action` exactly (not through a wildcard).
+    pub fn names_exactly(&self, action: &Action) -> bool {
+        self.allow.iter().any(|r| {
+            r.actions
+                .iter()
+                .any(|p| matches!(p, ActionPattern::Exact(a) if a == action))
+        })
+    }
+
+    /// Whether the session may use the classified `action` without opting into it: only an
+    /// action of a service nobody has reviewed, named exactly (the author's own decision; a
+    /// wildcard never grants it).
+    pub fn uses_unreviewed(&self, action: &Action) -> bool {
+        action
+            .risk()
+            .is_some_and(|r| r.class == crate::catalog::RiskClass::Unreviewed)
+            && self.names_exactly(action)
+    }
+
     /// Whether `action` is a destructive action the profile opts into.
     pub fn opts_into(&self, action: &Action) -> bool {
         self.destructive.iter().any(|p| p.matches(action))
@@ -469,7 +488,17 @@ impl Parser<'_> {
             for (ai, (pat, item)) in rule.actions.iter().zip(items.iter()).enumerate() {
                 let path = format!("allow[{bi}].actions[{ai}]");
                 if let ActionPattern::Exact(a) = pat {
-                    if let Some(risk) = a.risk()
+                    if p.uses_unreviewed(a) && !p.opts_into(a) {
+                        warnings.push(Diagnostic::at(
+                            self.label,
+                            self.src,
+                            item.span().start,
+                            format!(
+                                "warning: {path}: {} belongs to a service the classification has not reviewed; it is allowed because it is named exactly: make sure it cannot destroy, disrupt, blind, escalate or expose (or list it in `destructive`)",
+                                quoted(&a.full_name())
+                            ),
+                        ));
+                    } else if let Some(risk) = a.risk()
                         && !p.opts_into(a)
                     {
                         self.err(
