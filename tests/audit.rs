@@ -28,7 +28,8 @@ fn verify_tail_show_and_tampering_through_the_cli() {
     for p in ["readonly", "s3-data", "readonly", "deploy-staging"] {
         d.mandate(&["credential-process", p]);
     }
-    // While running: started, 2 × (request, issued), delivered, denied; checkpoints at 3 and 6.
+    // While running: started, request, issued (signed at 3), the checkpoint's own record,
+    // request, issued, delivered (signed at 7), the checkpoint's record, denied.
     let v: Value =
         serde_json::from_slice(&d.mandate(&["audit", "verify", "--json"]).stdout).unwrap();
     assert_eq!(
@@ -37,7 +38,7 @@ fn verify_tail_show_and_tampering_through_the_cli() {
             v["last_seq"].as_u64(),
             v["uncovered"].as_u64()
         ),
-        (Some(true), Some(7), Some(1)),
+        (Some(true), Some(9), Some(2)),
         "{v}"
     );
     // A graceful stop writes `stopped` and signs everything.
@@ -46,7 +47,7 @@ fn verify_tail_show_and_tampering_through_the_cli() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stdout(&out).starts_with(
-            "audit log intact: 8 record(s), seq 1..8, in 1 segment(s); 3 signed checkpoint(s)"
+            "audit log intact: 10 record(s), seq 1..10, in 1 segment(s); 3 signed checkpoint(s)"
         ),
         "{}",
         stdout(&out)
@@ -97,13 +98,13 @@ fn verify_tail_show_and_tampering_through_the_cli() {
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(
         stderr(&out),
-        "audit log DAMAGED: seq 4 (audit-000001.jsonl line 4): the record does not match its hash (it was edited)\n"
+        "audit log DAMAGED: seq 5 (audit-000001.jsonl line 5): the record does not match its hash (it was edited)\n"
     );
     let out = mandate_at(&d.config).arg("serve").output().unwrap();
     assert_eq!(out.status.code(), Some(6));
     assert!(
         stderr(&out).contains(
-        "the audit log is damaged at seq 8 (audit-000001.jsonl): the record at the last signed checkpoint is not where the checkpoint says; the log before it was changed; run `mandate audit verify`"
+        "the audit log is damaged at seq 10 (audit-000001.jsonl): the record at the last signed checkpoint is not where the checkpoint says; the log before it was changed; run `mandate audit verify`"
     ),
         "{}",
         stderr(&out)
@@ -472,4 +473,89 @@ fn one_agent_cannot_fill_the_audit_log() {
     );
     let out = d.mandate(&["audit", "verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// Review point 2 through the CLI and the daemon: checkpoints shipped elsewhere
+/// (`checkpoint_command`) catch a truncation after the last local checkpoint
+/// (`audit verify --against`); a checkpoint file emptied by hand fails `verify` and stops the
+/// daemon from starting.
+#[test]
+fn stripped_checkpoints_and_truncation_are_caught_through_the_cli() {
+    let moto = Moto::start();
+    let ship_dir = tempfile::tempdir().unwrap();
+    let shipped = ship_dir.path().join("shipped.jsonl");
+    let extra = format!(
+        "[audit]\ncheckpoint_every = 3\ncheckpoint_command = [\"sh\", \"-c\", \"cat >> {}\"]\n",
+        shipped.display()
+    );
+    let mut d = Daemon::start(&config_text(&moto.endpoint(), &extra));
+    for _ in 0..10 {
+        // Refusals: one durable record each.
+        let out = d.mandate(&["credential-process", "breakglass-admin"]);
+        assert_eq!(out.status.code(), Some(5));
+    }
+    d.stop();
+    let audit_dir = d.dir.path().join("state/audit");
+    let cp_path = audit_dir.join("checkpoints.jsonl");
+    let local = std::fs::read_to_string(&cp_path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&shipped)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < local.lines().count()
+    {
+        assert!(Instant::now() < deadline, "checkpoints were not shipped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ship_arg = shipped.to_str().unwrap();
+    let verify = |args: &[&str]| {
+        let mut a = vec!["audit", "verify"];
+        a.extend_from_slice(args);
+        d.mandate(&a)
+    };
+    assert_eq!(
+        verify(&[]).status.code(),
+        Some(0),
+        "{}",
+        stderr(&verify(&[]))
+    );
+    assert_eq!(verify(&["--against", ship_arg]).status.code(), Some(0));
+
+    // Truncate after an earlier checkpoint, and drop the later local checkpoints to match.
+    let lines: Vec<&str> = local.lines().collect();
+    assert!(lines.len() >= 4, "{local}");
+    let keep = &lines[..lines.len() - 2];
+    let last: Value = serde_json::from_str(keep.last().unwrap()).unwrap();
+    let seg = audit_dir.join(last["segment"].as_str().unwrap());
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(last["offset"].as_u64().unwrap()).unwrap();
+    std::fs::write(&cp_path, keep.join("\n") + "\n").unwrap();
+    let out = verify(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "locally consistent: {}",
+        stderr(&out)
+    );
+    let out = verify(&["--against", ship_arg]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("records were removed from the end"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The checkpoint file emptied: the checkpoints recorded in the chain give it away.
+    std::fs::write(&cp_path, "").unwrap();
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("that the checkpoint file lacks (checkpoints were removed)"),
+        "{}",
+        stderr(&out)
+    );
+    let (code, err) = serve_once(&d.config);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("the checkpoint file lacks"), "{err}");
 }

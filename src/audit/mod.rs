@@ -121,6 +121,12 @@ pub struct Record {
     /// agent over its record budget (`denied`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// A `checkpoint` record: the seq and hash the signed checkpoint (in `checkpoints.jsonl`)
+    /// covers. Recorded in the chain itself, so that deleting checkpoints is visible.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub covers_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub covers_hash: Option<String>,
 }
 
 impl Record {
@@ -274,7 +280,8 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 fn recover(
     dir: &Path,
     key: &ed25519_dalek::SigningKey,
-) -> Result<(u32, Link, Option<Recovery>), AuditError> {
+    cadence: &verify::Cadence,
+) -> Result<(u32, Link, u64, Option<Recovery>), AuditError> {
     let open_err = |reason: String| AuditError::Open {
         path: dir.display().to_string(),
         reason,
@@ -326,7 +333,7 @@ fn recover(
                 cp.seq
             )));
         }
-        return Ok((1, Link::genesis(), None));
+        return Ok((1, Link::genesis(), 0, None));
     };
     // Where to start checking.
     let (mut link, start_seg, mut offset) = match cps.last() {
@@ -353,6 +360,8 @@ fn recover(
         }
         None => (Link::genesis(), segs[0].0, 0),
     };
+    let signed = link.clone();
+    let mut tail = verify::Tail::default();
     let mut recovery = None;
     for (n, path) in segs.iter().filter(|(n, _)| *n >= start_seg) {
         let mut f = File::open(path).map_err(|e| open_err(e.to_string()))?;
@@ -402,13 +411,25 @@ fn recover(
         while pos < bytes.len() {
             match bytes[pos..].iter().position(|&b| b == b'\n') {
                 Some(i) => {
-                    let (next, _) = check_line(&bytes[pos..pos + i], &link).map_err(|reason| {
+                    let (next, v) = check_line(&bytes[pos..pos + i], &link).map_err(|reason| {
                         AuditError::Damaged(format!(
                             "seq {} ({}): {reason}",
                             link.seq + 1,
                             segment_name(*n)
                         ))
                     })?;
+                    // After the last signed checkpoint, an in-chain checkpoint record can only
+                    // be that checkpoint's own.
+                    if let Some(reason) = verify::check_checkpoint_record(&v, |s| {
+                        (s == signed.seq && signed.seq > 0).then(|| signed.hash.clone())
+                    }) {
+                        return Err(AuditError::Damaged(format!(
+                            "seq {} ({}): {reason}",
+                            next.seq,
+                            segment_name(*n)
+                        )));
+                    }
+                    tail.add(&v);
                     link = next;
                     pos += i + 1;
                 }
@@ -449,7 +470,14 @@ fn recover(
             cp.seq
         )));
     }
-    Ok((last_n, link, recovery))
+    if let Some(reason) = tail.problem(cadence, signed.seq) {
+        return Err(AuditError::Damaged(format!(
+            "seq {}: {reason}; keep the directory as evidence and see docs/threat-model.md",
+            signed.seq + 1
+        )));
+    }
+    let uncovered = link.seq - signed.seq;
+    Ok((last_n, link, uncovered, recovery))
 }
 
 impl AuditLog {
@@ -461,7 +489,7 @@ impl AuditLog {
         opts: Options,
     ) -> Result<(Self, Option<Recovery>), AuditError> {
         check_dir(dir)?;
-        let (seg, link, recovery) = recover(dir, &key)?;
+        let (seg, link, uncovered, recovery) = recover(dir, &key, &verify::Cadence::of(&opts))?;
         let open_err = |reason: String| AuditError::Open {
             path: dir.display().to_string(),
             reason,
@@ -480,7 +508,10 @@ impl AuditLog {
             key,
             opts,
             link,
-            since_checkpoint: 0,
+            // The recovered tail was just checked: the writer signs it before anything else.
+            since_checkpoint: uncovered,
+            last_signed: std::time::Instant::now(),
+            pending_cp: None,
             failed: failed.clone(),
         };
         std::thread::Builder::new()
@@ -587,6 +618,10 @@ struct Writer {
     opts: Options,
     link: Link,
     since_checkpoint: u64,
+    /// When the last checkpoint was signed: one is signed at least every interval, busy or not.
+    last_signed: std::time::Instant,
+    /// The in-chain record of the last checkpoint, written with the next batch.
+    pending_cp: Option<Record>,
     failed: Arc<AtomicBool>,
 }
 
@@ -606,8 +641,18 @@ pub fn encode(seq: u64, prev: &str, time: &str, record: &Record) -> (String, Str
 
 impl Writer {
     fn run(mut self, rx: Receiver<Job>) {
+        if self.since_checkpoint > 0 {
+            self.checkpoint();
+        }
         loop {
-            let first = match rx.recv_timeout(self.opts.checkpoint_interval) {
+            let wait = if self.since_checkpoint > 0 {
+                self.opts
+                    .checkpoint_interval
+                    .saturating_sub(self.last_signed.elapsed())
+            } else {
+                self.opts.checkpoint_interval
+            };
+            let first = match rx.recv_timeout(wait) {
                 Ok(j) => j,
                 Err(RecvTimeoutError::Timeout) => {
                     if self.since_checkpoint > 0 && !self.failed.load(Ordering::SeqCst) {
@@ -619,7 +664,14 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH && batch.last().is_some_and(|j| j.record.is_some()) {
+            // Never more records past a checkpoint than checkpoint_every: the verifier holds
+            // the unsigned tail to that (a longer one means checkpoints were removed).
+            let room = (self
+                .opts
+                .checkpoint_every
+                .saturating_sub(self.since_checkpoint) as usize)
+                .clamp(1, MAX_BATCH);
+            while batch.len() < room && batch.last().is_some_and(|j| j.record.is_some()) {
                 match rx.try_recv() {
                     Ok(j) => batch.push(j),
                     Err(_) => break,
@@ -670,6 +722,18 @@ impl Writer {
         let mut buf = Vec::with_capacity(batch.len() * 512);
         let mut link = self.link.clone();
         let mut seqs = Vec::with_capacity(batch.len());
+        if let Some(cp) = self.pending_cp.take() {
+            let seq = link.seq + 1;
+            let (line, hash) = encode(
+                seq,
+                &link.hash,
+                &clock::rfc3339_millis(SystemTime::now()),
+                &cp,
+            );
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+            link = Link { seq, hash };
+        }
         for j in &batch {
             let Some(record) = &j.record else { continue };
             let seq = link.seq + 1;
@@ -703,7 +767,10 @@ impl Writer {
             }
         }
         if outcome.is_ok() {
-            if self.since_checkpoint >= self.opts.checkpoint_every {
+            if self.since_checkpoint >= self.opts.checkpoint_every
+                || (self.since_checkpoint > 0
+                    && self.last_signed.elapsed() >= self.opts.checkpoint_interval)
+            {
                 self.checkpoint();
             }
             self.maybe_rotate();
@@ -735,6 +802,11 @@ impl Writer {
             return;
         }
         self.since_checkpoint = 0;
+        self.last_signed = std::time::Instant::now();
+        let mut r = Record::new(Kind::Checkpoint);
+        r.covers_seq = Some(self.link.seq);
+        r.covers_hash = Some(self.link.hash.clone());
+        self.pending_cp = Some(r);
         if let Some(cmd) = self.opts.checkpoint_command.clone() {
             ship(cmd, line);
         }

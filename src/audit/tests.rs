@@ -56,21 +56,27 @@ async fn records_are_chained_one_per_line_and_resume_after_reopen() {
     drop(log);
     std::thread::sleep(Duration::from_millis(50));
     let (log, _) = AuditLog::open(dir.path(), key(), Options::default()).unwrap();
+    // The reopened writer first signs the tail it recovered; that checkpoint is recorded in
+    // the chain (seq 3) with the next write.
     assert_eq!(
         log.append_durable(Record::new(Kind::Delivered))
             .await
             .unwrap(),
-        3
+        4
     );
     let text = std::fs::read_to_string(dir.path().join(segment_name(1))).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 4);
     assert_eq!(lines[0]["prev"], verify::GENESIS);
     assert_eq!(lines[1]["prev"], lines[0]["hash"]);
     assert_eq!(lines[2]["prev"], lines[1]["hash"]);
+    assert_eq!(lines[2]["kind"], "checkpoint");
+    assert_eq!(lines[2]["covers_seq"], 2);
+    assert_eq!(lines[2]["covers_hash"], lines[1]["hash"]);
+    assert_eq!(lines[3]["prev"], lines[2]["hash"]);
     assert_eq!(lines[0]["v"], 1);
     assert_eq!(
         lines[0]["reason"],
@@ -80,7 +86,7 @@ async fn records_are_chained_one_per_line_and_resume_after_reopen() {
         !text.trim_end().chars().any(|c| c.is_control() && c != '\n'),
         "every control character is escaped: {text}"
     );
-    assert_eq!(text.lines().count(), 3, "one record, one line");
+    assert_eq!(text.lines().count(), 4, "one record, one line");
     let mode = std::fs::metadata(dir.path().join(segment_name(1)))
         .unwrap()
         .permissions()
@@ -89,7 +95,7 @@ async fn records_are_chained_one_per_line_and_resume_after_reopen() {
     assert_eq!(mode, 0o600);
     let report = verify_dir(dir.path(), &key().verifying_key());
     assert!(report.intact(), "{report:?}");
-    assert_eq!(report.last_seq, 3);
+    assert_eq!(report.last_seq, 4);
 }
 
 #[test]
@@ -128,8 +134,10 @@ async fn checkpoints_and_rotation_keep_one_verifiable_chain() {
     assert!(segs.len() > 3, "rotated into {} segments", segs.len());
     let report = verify_dir(dir.path(), &key().verifying_key());
     assert!(report.intact(), "{report:?}");
-    assert_eq!(report.last_seq, 95);
-    assert!(report.checkpoints >= 9);
+    // 95 records and the in-chain records of the 9 checkpoints signed every 10 of them (the
+    // last checkpoint, at shutdown, is recorded with the next write).
+    assert_eq!(report.last_seq, 104);
+    assert_eq!(report.checkpoints, 10);
     assert_eq!(report.uncovered, 0);
     // A reopened log continues the chain in the last segment.
     let (log, _) = AuditLog::open(dir.path(), key(), opts(10, 4096)).unwrap();
@@ -137,7 +145,7 @@ async fn checkpoints_and_rotation_keep_one_verifiable_chain() {
         log.append_durable(Record::new(Kind::Started))
             .await
             .unwrap(),
-        96
+        105
     );
     let report = verify_dir(dir.path(), &key().verifying_key());
     assert!(report.intact(), "{report:?}");
@@ -232,10 +240,12 @@ async fn tamper_corpus_is_detected_naming_the_seq() {
         }
     }
     let cases: Vec<(&str, String, u64)> = vec![
+        // (seq 6 and 12 are the in-chain records of the checkpoints at seq 5 and 11, so the
+        // record of ASIA…06 is seq 8.)
         (
             "edit a field",
             original.replacen("ASIA0000000000000006", "ASIA0000000000000007", 1),
-            7,
+            8,
         ),
         (
             "delete a line",
@@ -263,7 +273,7 @@ async fn tamper_corpus_is_detected_naming_the_seq() {
         (
             "truncate in the middle",
             original[..original.len() / 2].to_owned(),
-            7,
+            original[..original.len() / 2].matches('\n').count() as u64 + 1,
         ),
         (
             "remove the tail under a checkpoint",
@@ -285,4 +295,147 @@ async fn tamper_corpus_is_detected_naming_the_seq() {
     let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
     let r = verify_dir(dir.path(), &other.verifying_key());
     assert!(r.problem.unwrap().contains("signature does not verify"));
+}
+
+fn cadence(every: u64) -> verify::Cadence {
+    verify::Cadence {
+        every,
+        interval: Duration::from_secs(60),
+    }
+}
+
+fn verify_dir_cadence(dir: &Path, every: u64) -> Report {
+    let segs: Vec<(String, Vec<u8>)> = segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(n, p)| (segment_name(n), std::fs::read(p).unwrap()))
+        .collect();
+    let cp = std::fs::read(dir.join(checkpoint::CHECKPOINT_FILE)).unwrap_or_default();
+    let (cps, bad) = checkpoint::read(&cp, &key().verifying_key());
+    let mut v = verify::Verifier::new(&cps, bad).with_cadence(cadence(every));
+    for (name, bytes) in &segs {
+        v.segment(name, bytes);
+    }
+    v.finish()
+}
+
+/// Review point 2: a log stripped of its checkpoints, with records removed and the chain
+/// recomputed (all without the key), no longer verifies, and the daemon refuses to open it;
+/// deleting the checkpoint file alone is visible through the checkpoints recorded in the chain.
+#[tokio::test]
+async fn a_log_stripped_of_its_checkpoints_is_refused() {
+    let dir = private_dir();
+    let (log, _) = AuditLog::open(dir.path(), key(), opts(5, u64::MAX)).unwrap();
+    write_n(&log, 30).await;
+    log.checkpoint_now().await.unwrap();
+    drop(log);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(verify_dir_cadence(dir.path(), 5).intact());
+    let seg = dir.path().join(segment_name(1));
+    let cp_file = dir.path().join(checkpoint::CHECKPOINT_FILE);
+    let original = std::fs::read_to_string(&seg).unwrap();
+
+    // 1. Only the checkpoint file emptied.
+    std::fs::write(&cp_file, "").unwrap();
+    let r = verify_dir_cadence(dir.path(), 5);
+    assert_eq!(r.first_bad_seq, Some(6), "{r:?}");
+    assert!(
+        r.problem
+            .as_deref()
+            .unwrap()
+            .contains("records a signed checkpoint of seq 5 that the checkpoint file lacks"),
+        "{r:?}"
+    );
+    let e = AuditLog::open(dir.path(), key(), opts(5, u64::MAX))
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("the checkpoint file lacks"), "{e}");
+
+    // 2. Records removed, checkpoint records dropped, the chain recomputed, no checkpoints.
+    let mut forged = String::new();
+    let mut prev = verify::GENESIS.to_owned();
+    let mut seq = 0;
+    for l in original.lines() {
+        let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let key_id = v["access_key_id"].as_str().unwrap_or_default().to_owned();
+        if v["kind"] == "checkpoint" || key_id.ends_with("0012") || key_id.ends_with("0013") {
+            continue;
+        }
+        seq += 1;
+        v["seq"] = seq.into();
+        v["prev"] = prev.clone().into();
+        let h = verify::record_hash(&v);
+        v["hash"] = h.clone().into();
+        forged.push_str(&verify::canonical(&v));
+        forged.push('\n');
+        prev = h;
+    }
+    std::fs::write(&seg, &forged).unwrap();
+    // Without the cadence rule this is what used to pass as intact.
+    let plain = verify_dir(dir.path(), &key().verifying_key());
+    assert!(plain.intact(), "{plain:?}");
+    let r = verify_dir_cadence(dir.path(), 5);
+    assert_eq!(r.first_bad_seq, Some(1), "{r:?}");
+    assert_eq!(
+        r.problem.as_deref().unwrap(),
+        "28 records follow no signed checkpoint, but the daemon signs one at least every 5 records: checkpoints were removed or the log was rewritten"
+    );
+    let e = AuditLog::open(dir.path(), key(), opts(5, u64::MAX))
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string()
+            .contains("28 records follow no signed checkpoint"),
+        "{e}"
+    );
+    // The writer never leaves more than checkpoint_every records unsigned, so the genuine log
+    // passes the same rule (checked above) and a short genuine tail does too.
+    assert!(verify_dir_cadence(dir.path(), 28).intact());
+}
+
+#[test]
+fn an_unsigned_tail_may_not_span_more_than_the_interval() {
+    let c = verify::Cadence {
+        every: 1000,
+        interval: Duration::from_secs(60),
+    };
+    let rec = |t: &str| serde_json::json!({"kind": "issued", "time": t});
+    let mut tail = verify::Tail::default();
+    tail.add(&rec("2026-12-01T10:00:00.000Z"));
+    tail.add(&serde_json::json!({"kind": "checkpoint", "time": "2026-12-01T11:00:00.000Z"}));
+    tail.add(&rec("2026-12-01T10:01:09.000Z"));
+    assert_eq!(tail.problem(&c, 7), None, "60 s and the 10 s allowance");
+    tail.add(&rec("2026-12-01T10:01:11.000Z"));
+    assert_eq!(
+        tail.problem(&c, 7).unwrap(),
+        "the records after the last signed checkpoint (seq 7) span 71 s, but the daemon signs one at least every 60 s: checkpoints were removed or the log was rewritten"
+    );
+}
+
+/// The writer signs at least every interval even while busy (before, only after an idle
+/// interval), and never writes more than checkpoint_every records past a checkpoint.
+#[tokio::test]
+async fn checkpoints_are_signed_on_time_under_steady_traffic() {
+    let dir = private_dir();
+    let o = Options {
+        checkpoint_every: 1_000_000,
+        checkpoint_interval: Duration::from_secs(1),
+        ..Options::default()
+    };
+    let (log, _) = AuditLog::open(dir.path(), key(), o).unwrap();
+    let start = std::time::Instant::now();
+    // A record every 100 ms for 3.5 s: never idle for a whole interval.
+    while start.elapsed() < Duration::from_millis(3500) {
+        log.append_durable(Record::new(Kind::Delivered))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(log);
+    let cps = std::fs::read_to_string(dir.path().join(checkpoint::CHECKPOINT_FILE)).unwrap();
+    assert!(
+        cps.lines().count() >= 3,
+        "{} checkpoints in 3.5 s",
+        cps.lines().count()
+    );
 }

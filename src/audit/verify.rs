@@ -150,6 +150,109 @@ pub struct Checkpoint {
     pub line: usize,
 }
 
+/// How often the writer signs a checkpoint ([`super::Options`]): at least every `every` records
+/// (it never writes more between two) and every `interval`. A log whose unsigned tail is longer,
+/// or spans more time than that (with room for scheduling), had its checkpoints removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cadence {
+    pub every: u64,
+    pub interval: std::time::Duration,
+}
+
+impl Cadence {
+    pub fn of(opts: &super::Options) -> Self {
+        Cadence {
+            every: opts.checkpoint_every,
+            interval: opts.checkpoint_interval,
+        }
+    }
+
+    fn record_limit(&self) -> u64 {
+        self.every
+    }
+
+    fn span_limit_ms(&self) -> i64 {
+        let ms = self.interval.as_millis() as i64;
+        ms + (ms / 10).max(10_000)
+    }
+}
+
+/// The unsigned tail seen so far: records after the last checkpoint (the in-chain `checkpoint`
+/// records themselves excepted) and the times of its first and last record.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tail {
+    pub records: u64,
+    first_ms: Option<i64>,
+    last_ms: Option<i64>,
+}
+
+impl Tail {
+    /// Counts one record (its parsed JSON).
+    pub fn add(&mut self, v: &Value) {
+        if v["kind"] == "checkpoint" {
+            return;
+        }
+        self.records += 1;
+        if let Some(ms) = v["time"]
+            .as_str()
+            .and_then(crate::clock::parse_rfc3339_millis)
+        {
+            self.first_ms.get_or_insert(ms);
+            self.last_ms = Some(ms);
+        }
+    }
+
+    /// Why this tail cannot be what the writer left (checkpoints were removed), if it cannot.
+    pub fn problem(&self, cadence: &Cadence, after_seq: u64) -> Option<String> {
+        let span = match (self.first_ms, self.last_ms) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0,
+        };
+        let signed = if after_seq == 0 {
+            "no signed checkpoint".to_owned()
+        } else {
+            format!("the last signed checkpoint (seq {after_seq})")
+        };
+        if self.records > cadence.record_limit() {
+            return Some(format!(
+                "{} records follow {signed}, but the daemon signs one at least every {} records: checkpoints were removed or the log was rewritten",
+                self.records, cadence.every
+            ));
+        }
+        if span > cadence.span_limit_ms() {
+            return Some(format!(
+                "the records after {signed} span {} s, but the daemon signs one at least every {} s: checkpoints were removed or the log was rewritten",
+                span / 1000,
+                cadence.interval.as_secs()
+            ));
+        }
+        None
+    }
+}
+
+/// The problem with an in-chain `checkpoint` record `v`, given the signed checkpoints known
+/// (`signed(seq)` gives the hash a signed checkpoint at that seq covers).
+pub fn check_checkpoint_record(
+    v: &Value,
+    signed: impl Fn(u64) -> Option<String>,
+) -> Option<String> {
+    if v["kind"] != "checkpoint" {
+        return None;
+    }
+    let (Some(seq), Some(hash)) = (v["covers_seq"].as_u64(), v["covers_hash"].as_str()) else {
+        return Some("a checkpoint record without covers_seq and covers_hash".into());
+    };
+    match signed(seq) {
+        Some(h) if h == hash => None,
+        Some(_) => Some(format!(
+            "records a signed checkpoint of seq {seq} that does not match the checkpoint file"
+        )),
+        None => Some(format!(
+            "records a signed checkpoint of seq {seq} that the checkpoint file lacks (checkpoints were removed)"
+        )),
+    }
+}
+
 /// What `mandate audit verify` reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Report {
@@ -192,6 +295,8 @@ pub struct Verifier<'c> {
     last_cp: u64,
     link: Link,
     report: Report,
+    cadence: Option<Cadence>,
+    tail: Tail,
 }
 
 impl<'c> Verifier<'c> {
@@ -221,7 +326,15 @@ impl<'c> Verifier<'c> {
             last_cp,
             link: Link::genesis(),
             report,
+            cadence: None,
+            tail: Tail::default(),
         }
+    }
+
+    /// Also require the unsigned tail to fit the writer's cadence (see [`Cadence`]).
+    pub fn with_cadence(mut self, cadence: Cadence) -> Self {
+        self.cadence = Some(cadence);
+        self
     }
 
     fn fail(&mut self, seq: u64, segment: &str, line: usize, reason: String) {
@@ -262,7 +375,17 @@ impl<'c> Verifier<'c> {
                 return;
             };
             match check_line(&bytes[start..end], &self.link) {
-                Ok((next, _)) => {
+                Ok((next, v)) => {
+                    let by_seq = &self.by_seq;
+                    if let Some(reason) =
+                        check_checkpoint_record(&v, |s| by_seq.get(&s).map(|cp| cp.hash.clone()))
+                    {
+                        self.fail(next.seq, name, line_no, reason);
+                        return;
+                    }
+                    if next.seq > self.last_cp {
+                        self.tail.add(&v);
+                    }
                     if self
                         .by_seq
                         .get(&next.seq)
@@ -299,6 +422,12 @@ impl<'c> Verifier<'c> {
             return self.report;
         }
         self.report.uncovered = self.link.seq - self.last_cp;
+        if let Some(c) = &self.cadence
+            && let Some(reason) = self.tail.problem(c, self.last_cp)
+        {
+            self.report.first_bad_seq = Some(self.last_cp + 1);
+            self.report.problem = Some(reason);
+        }
         self.report
     }
 }

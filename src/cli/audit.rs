@@ -26,6 +26,10 @@ pub enum AuditCmd {
         /// Public key (hex, as in signing.pub) [default: from STATE_DIR/signing.key or signing.pub]
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
+        /// Also check against checkpoints shipped elsewhere (lines of checkpoints.jsonl, e.g.
+        /// what `checkpoint_command` received): detects truncation after the last local one
+        #[arg(long, value_name = "FILE")]
+        against: Option<PathBuf>,
         /// Machine-readable output
         #[arg(long)]
         json: bool,
@@ -75,7 +79,12 @@ fn log_dir(config_flag: Option<&Path>, log: Option<PathBuf>) -> Result<PathBuf, 
 
 pub fn run(config_flag: Option<PathBuf>, cmd: AuditCmd) -> Exit {
     let result = match cmd {
-        AuditCmd::Verify { log, key, json } => verify_cmd(config_flag.as_deref(), log, key, json),
+        AuditCmd::Verify {
+            log,
+            key,
+            against,
+            json,
+        } => verify_cmd(config_flag.as_deref(), log, key, against, json),
         AuditCmd::Tail {
             log,
             lines,
@@ -130,10 +139,44 @@ fn public_key(
     checkpoint::parse_public(&text)
 }
 
+/// The writer's signing cadence from the config, or the defaults when no config is found.
+fn cadence(config_flag: Option<&Path>) -> verify::Cadence {
+    let opts = config::locate(config_flag)
+        .ok()
+        .and_then(|p| config::read(&p).ok())
+        .map(|c| c.audit)
+        .unwrap_or_default();
+    verify::Cadence::of(&opts)
+}
+
+/// Local and shipped checkpoints, in seq order, one per seq; two that disagree about a seq are
+/// a problem.
+fn merge_checkpoints(
+    mut local: Vec<verify::Checkpoint>,
+    shipped: Vec<verify::Checkpoint>,
+) -> (Vec<verify::Checkpoint>, Option<String>) {
+    let mut problem = None;
+    for cp in shipped {
+        match local.iter().find(|c| c.seq == cp.seq) {
+            Some(c) if c.hash != cp.hash => {
+                problem.get_or_insert(format!(
+                    "the shipped checkpoint of seq {} does not match the local one (the log up to there was rewritten)",
+                    cp.seq
+                ));
+            }
+            Some(_) => {}
+            None => local.push(cp),
+        }
+    }
+    local.sort_by_key(|c| c.seq);
+    (local, problem)
+}
+
 fn verify_cmd(
     config_flag: Option<&Path>,
     log: Option<PathBuf>,
     key: Option<PathBuf>,
+    against: Option<PathBuf>,
     json: bool,
 ) -> Result<Exit, Exit> {
     let dir = log_dir(config_flag, log)?;
@@ -146,9 +189,24 @@ fn verify_cmd(
         Exit::NotFound
     })?;
     let cp = std::fs::read(dir.join(checkpoint::CHECKPOINT_FILE)).unwrap_or_default();
-    let (cps, bad) = checkpoint::read(&cp, &vk);
+    let (mut cps, mut bad) = checkpoint::read(&cp, &vk);
+    if let Some(file) = &against {
+        let shipped = std::fs::read(file).map_err(|e| {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            Exit::NotFound
+        })?;
+        let (theirs, bad_theirs) = checkpoint::read(&shipped, &vk);
+        if bad.is_none() {
+            bad = bad_theirs.map(|b| format!("{}: {b}", file.display()));
+        }
+        let (merged, conflict) = merge_checkpoints(cps, theirs);
+        cps = merged;
+        if bad.is_none() {
+            bad = conflict;
+        }
+    }
     // One segment in memory at a time.
-    let mut verifier = verify::Verifier::new(&cps, bad);
+    let mut verifier = verify::Verifier::new(&cps, bad).with_cadence(cadence(config_flag));
     for (n, p) in segs {
         let bytes = std::fs::read(&p).map_err(|e| {
             eprintln!("error: cannot read {}: {e}", p.display());
