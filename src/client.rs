@@ -20,8 +20,23 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// Sends one request and reads the response.
+/// Sends one request and reads the response. When the daemon answers "busy" (its connection
+/// limit for this user), retries a few times over about two seconds.
 pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let mut pause = Duration::from_millis(20);
+    for _ in 0..8 {
+        let r = call_once(socket, req, timeout)?;
+        let busy = !r.ok && r.error.as_ref().is_some_and(|e| e.code == "busy");
+        if !busy {
+            return Ok(r);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+    call_once(socket, req, timeout)
+}
+
+fn call_once(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
     let shown = socket.display().to_string();
     let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {

@@ -2,15 +2,15 @@
 //! (`SO_PEERCRED`); the request can never claim an identity. Connections, request size and time
 //! are bounded.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 
 use crate::aws::Issuer;
 use crate::broker::{Broker, BrokerError, Caller, CredRequest, REQUEST_DEADLINE};
@@ -23,6 +23,11 @@ use crate::protocol::{MAX_REQUEST_BYTES, Request};
 /// and at most 16,384 × (1 KiB + 16 KiB) ≈ 280 MiB if every one sends a maximal request.
 /// Every connection is closed after [`READ_TIMEOUT`] if its request is not complete.
 pub const MAX_CONNECTIONS: usize = 16_384;
+/// Of those, the last this many are only for uids that belong to an approver, so that agents
+/// cannot crowd the humans who would pause or revoke them off the socket.
+pub const APPROVER_RESERVE: usize = 512;
+/// One uid holds at most this many connections at once (approvers' uids included).
+pub const MAX_PER_UID: usize = 1024;
 /// Time a client has to send its request line.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -86,37 +91,89 @@ pub fn effective_uid() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
+/// Connection slots: a total, a per-uid cap, and a reserve only approvers' uids may use.
+#[derive(Default)]
+pub struct Slots {
+    counts: Mutex<(usize, HashMap<u32, usize>)>,
+}
+
+/// One connection's slot, given back on drop.
+pub struct Slot {
+    slots: Arc<Slots>,
+    uid: u32,
+}
+
+impl Slots {
+    /// A slot for a connection from `uid`, or `None` (the caller answers "busy").
+    pub fn take(self: &Arc<Self>, uid: u32, approver: bool) -> Option<Slot> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = if approver {
+            MAX_CONNECTIONS
+        } else {
+            MAX_CONNECTIONS - APPROVER_RESERVE
+        };
+        let mine = c.1.get(&uid).copied().unwrap_or(0);
+        if c.0 >= limit || mine >= MAX_PER_UID {
+            return None;
+        }
+        c.0 += 1;
+        *c.1.entry(uid).or_default() += 1;
+        Some(Slot {
+            slots: self.clone(),
+            uid,
+        })
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.slots.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.0 -= 1;
+        if let Some(n) = c.1.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                c.1.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves.
 pub async fn serve<I: Issuer>(
     broker: Arc<Broker<I>>,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Slots::default());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    tokio::spawn(async move { let mut s = stream; let _ = reply(&mut s, &error_body("busy", "the broker is at its connection limit; retry")).await; });
+                let Some(uid) = stream.peer_cred().ok().map(|c| c.uid()) else { continue };
+                let approver = broker.state().config.approvers.values().any(|a| a.uids.contains(&uid));
+                let Some(slot) = slots.take(uid, approver) else {
+                    tokio::spawn(async move { let mut s = stream; let _ = reply(&mut s, &error_body("busy", "the broker is at its connection limit for this user; retry")).await; });
                     continue;
                 };
                 let broker = broker.clone();
                 tokio::spawn(async move {
                     handle(broker, stream).await;
-                    drop(permit);
+                    drop(slot);
                 });
             }
         }
     }
     // Graceful: no new connections; let requests in flight finish (bounded).
-    let _ = tokio::time::timeout(
-        REQUEST_DEADLINE + READ_TIMEOUT,
-        permits.acquire_many(MAX_CONNECTIONS as u32),
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE + READ_TIMEOUT;
+    while slots.in_use() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn error_body(code: &str, message: &str) -> serde_json::Value {
@@ -319,5 +376,43 @@ async fn dispatch<I: Issuer>(
                 }
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_uid_cannot_take_the_approvers_slots() {
+        let slots = Arc::new(Slots::default());
+        let mut held = Vec::new();
+        // An agent uid: at most MAX_PER_UID.
+        while let Some(s) = slots.take(1000, false) {
+            held.push(s);
+        }
+        assert_eq!(held.len(), MAX_PER_UID);
+        // Many agent uids together fill everything but the reserve.
+        let mut uid = 2000;
+        while held.len() < MAX_CONNECTIONS - APPROVER_RESERVE {
+            match slots.take(uid, false) {
+                Some(s) => held.push(s),
+                None => uid += 1,
+            }
+        }
+        assert!(
+            slots.take(99_999, false).is_none(),
+            "the reserve is not for agents"
+        );
+        // An approver still gets in, up to the reserve.
+        let approver: Vec<Slot> = (0..APPROVER_RESERVE)
+            .filter_map(|_| slots.take(0, true))
+            .collect();
+        assert_eq!(approver.len(), APPROVER_RESERVE);
+        assert!(slots.take(0, true).is_none(), "and then the total holds");
+        drop(approver);
+        drop(held);
+        assert_eq!(slots.in_use(), 0);
+        assert!(slots.counts.lock().unwrap().1.is_empty());
     }
 }

@@ -576,3 +576,123 @@ fn helpers_get_no_base_credentials_and_untrusted_helpers_are_refused() {
     );
     assert!(!tmp.path().join("run").exists(), "nothing was bound");
 }
+
+/// Run as a child by `an_agent_cannot_crowd_approvers_off_the_socket`, as the agent's uid:
+/// keeps as many connections to the socket open as it can, reconnecting those the daemon
+/// closes, until MANDATE_FLOOD_UNTIL (unix seconds). Prints how many it held at most.
+#[test]
+#[ignore = "helper: run as a child process by an_agent_cannot_crowd_approvers_off_the_socket"]
+fn flood_helper() {
+    use std::os::unix::net::UnixStream;
+    let socket = std::env::var("MANDATE_FLOOD_SOCKET").expect("run by the parent test");
+    let until: u64 = std::env::var("MANDATE_FLOOD_UNTIL")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let want: usize = std::env::var("MANDATE_FLOOD_N").unwrap().parse().unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    // Still open and unanswered: a non-blocking read would block.
+    let open = |s: &UnixStream| {
+        s.set_nonblocking(true).ok();
+        let mut b = [0u8; 1];
+        matches!((&*s).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    };
+    let mut held: Vec<UnixStream> = Vec::new();
+    let mut most = 0;
+    while now() < until {
+        // Drop connections the daemon has answered or closed (busy, timeout).
+        held.retain(open);
+        while held.len() < want {
+            match UnixStream::connect(&socket) {
+                Ok(s) => held.push(s),
+                Err(_) => break,
+            }
+        }
+        // Count only the ones the daemon kept (not answered "busy" at once).
+        std::thread::sleep(Duration::from_millis(50));
+        held.retain(open);
+        most = most.max(held.len());
+    }
+    println!("HELD={most}");
+}
+
+/// Review point 4: while one agent's uid holds connections up to every limit (the review used
+/// 16,400), an approver's `mandate pause` and `mandate status` get through 20 times out of 20.
+#[test]
+fn an_agent_cannot_crowd_approvers_off_the_socket() {
+    raise_nofile(19_500);
+    let moto = Moto::start();
+    let extra = "[agents.bot]\nprofiles = [\"readonly\"]\nuids = [65534]\n";
+    let d = Daemon::start(&config_text(&moto.endpoint(), extra));
+    for p in [d.dir.path(), &d.dir.path().join("run")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let helper = d.dir.path().join("flood-helper");
+    std::fs::copy(std::env::current_exe().unwrap(), &helper).unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 25;
+    let flood = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&helper)
+        .args([
+            "--ignored",
+            "--exact",
+            "flood_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env_clear()
+        .env("MANDATE_FLOOD_SOCKET", d.socket())
+        .env("MANDATE_FLOOD_UNTIL", until.to_string())
+        .env("MANDATE_FLOOD_N", "17000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    std::thread::sleep(Duration::from_secs(6));
+    let mut failures = Vec::new();
+    for i in 0..20 {
+        let args: &[&str] = if i % 2 == 0 {
+            &["pause", "--reason", "flood drill"]
+        } else {
+            &["status"]
+        };
+        let out = d.mandate(args);
+        if !out.status.success() {
+            failures.push(format!("{args:?}: {}", stderr(&out)));
+        }
+        if i % 2 == 0 {
+            let _ = d.mandate(&["resume"]);
+        }
+    }
+    let out = flood.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let held: usize = text
+        .split("HELD=")
+        .nth(1)
+        .and_then(|n| n.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the flood helper did not report: {text}"));
+    // (Client-side, the kernel's listen backlog counts too, so this can exceed the daemon's
+    // per-uid limit a little.)
+    eprintln!("the agent held up to {held} connections");
+    assert!(
+        held >= mandate::server::MAX_PER_UID,
+        "the flood reached the per-uid limit: {held}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of 20 failed: {failures:#?}",
+        failures.len()
+    );
+}
