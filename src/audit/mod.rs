@@ -500,6 +500,7 @@ impl AuditLog {
             .map_err(|e| open_err(e.to_string()))?;
         let (tx, rx) = sync_channel(QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
+        let opts_shipper = opts.checkpoint_command.clone().and_then(Shipper::start);
         let w = Writer {
             dir: dir.to_owned(),
             file,
@@ -512,6 +513,7 @@ impl AuditLog {
             since_checkpoint: uncovered,
             last_signed: std::time::Instant::now(),
             pending_cp: None,
+            shipper: opts_shipper,
             failed: failed.clone(),
         };
         std::thread::Builder::new()
@@ -622,6 +624,7 @@ struct Writer {
     last_signed: std::time::Instant,
     /// The in-chain record of the last checkpoint, written with the next batch.
     pending_cp: Option<Record>,
+    shipper: Option<Shipper>,
     failed: Arc<AtomicBool>,
 }
 
@@ -689,6 +692,10 @@ impl Writer {
                 let failed = self.failed.load(Ordering::SeqCst);
                 if self.since_checkpoint > 0 && !failed {
                     self.checkpoint();
+                }
+                // A requested checkpoint is the shutdown's: ship everything before answering.
+                if let Some(s) = &self.shipper {
+                    s.flush(Duration::from_secs(10));
                 }
                 if let Some(ack) = job.ack {
                     let result = if self.failed.load(Ordering::SeqCst) {
@@ -807,8 +814,8 @@ impl Writer {
         r.covers_seq = Some(self.link.seq);
         r.covers_hash = Some(self.link.hash.clone());
         self.pending_cp = Some(r);
-        if let Some(cmd) = self.opts.checkpoint_command.clone() {
-            ship(cmd, line);
+        if let Some(s) = &self.shipper {
+            s.send(line);
         }
     }
 
@@ -840,50 +847,96 @@ impl Writer {
     }
 }
 
-/// Runs the configured command with the checkpoint on stdin, in the background, with a timeout.
-fn ship(cmd: Vec<String>, line: String) {
-    std::thread::spawn(move || {
-        let Some((program, args)) = cmd.split_first() else {
+/// Ships checkpoint lines to `checkpoint_command`, one at a time and in order, on its own
+/// thread (so a slow command never delays issuance); each run is bounded by 10 s.
+struct Shipper {
+    tx: std::sync::mpsc::SyncSender<ShipJob>,
+}
+
+enum ShipJob {
+    Line(String),
+    /// Answered once every line queued before it was shipped (shutdown waits for this).
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+impl Shipper {
+    fn start(cmd: Vec<String>) -> Option<Shipper> {
+        let (tx, rx) = sync_channel::<ShipJob>(64);
+        std::thread::Builder::new()
+            .name("audit-shipper".into())
+            .spawn(move || {
+                for job in rx {
+                    match job {
+                        ShipJob::Line(line) => ship(&cmd, &line),
+                        ShipJob::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })
+            .ok()?;
+        Some(Shipper { tx })
+    }
+
+    fn send(&self, line: String) {
+        if self.tx.try_send(ShipJob::Line(line)).is_err() {
+            tracing::warn!(
+                "the checkpoint command is falling behind; a checkpoint was not shipped"
+            );
+        }
+    }
+
+    /// Waits (at most `limit`) until everything queued so far was shipped.
+    fn flush(&self, limit: Duration) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.tx.send(ShipJob::Flush(done)).is_ok() && wait.recv_timeout(limit).is_err() {
+            tracing::warn!("shipping checkpoints did not finish in time");
+        }
+    }
+}
+
+/// Runs the configured command with one checkpoint line on stdin, with a timeout.
+fn ship(cmd: &[String], line: &str) {
+    let Some((program, args)) = cmd.split_first() else {
+        return;
+    };
+    // A small, fixed environment: never the daemon's own (which holds the base credentials).
+    let child = std::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(crate::trust::HELPER_ENV)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot run the checkpoint command");
             return;
-        };
-        // A small, fixed environment: never the daemon's own (which holds the base credentials).
-        let child = std::process::Command::new(program)
-            .args(args)
-            .env_clear()
-            .envs(crate::trust::HELPER_ENV)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot run the checkpoint command");
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(line.as_bytes());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if !status.success() => {
+                tracing::warn!(%status, "the checkpoint command failed");
                 return;
             }
-        };
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(line.as_bytes());
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) if !status.success() => {
-                    tracing::warn!(%status, "the checkpoint command failed");
-                    return;
-                }
-                Ok(Some(_)) => return,
-                Ok(None) if std::time::Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    tracing::warn!("the checkpoint command timed out and was killed");
-                    return;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                Err(_) => return,
+            Ok(Some(_)) => return,
+            Ok(None) if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                tracing::warn!("the checkpoint command timed out and was killed");
+                return;
             }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => return,
         }
-    });
+    }
 }
 
 #[cfg(test)]
