@@ -258,11 +258,12 @@ fn hostile_socket_clients_are_bounded_and_legitimate_clients_are_still_served() 
     let d = Daemon::start(&config_text(&moto.endpoint(), ""));
     let pid = d.pid().unwrap();
     let before = rss_mib(pid);
-    // 10,000 idle connections.
-    let idle: Vec<UnixStream> = (0..10_000)
-        .map(|_| UnixStream::connect(d.socket()).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    // 10,000 idle connections, from ten uids (one uid may hold at most 1,024: see
+    // `an_agent_cannot_crowd_approvers_off_the_socket`).
+    open_socket(&d);
+    let floods: Vec<std::process::Child> =
+        (0..10).map(|i| flood(&d, 60_001 + i, 1000, 8)).collect();
+    std::thread::sleep(Duration::from_millis(2500));
     let with_idle = rss_mib(pid);
     // A legitimate client is served meanwhile.
     let out = d.mandate(&["credential-process", "readonly"]);
@@ -274,7 +275,8 @@ fn hostile_socket_clients_are_bounded_and_legitimate_clients_are_still_served() 
         "10,000 idle connections grew RSS by {:.1} MiB",
         with_idle - before
     );
-
+    let held: usize = floods.into_iter().map(held_by).sum();
+    assert!(held >= 10_000, "the ten uids held {held} connections");
     let exchange = |bytes: &[u8]| -> Value {
         let mut s = UnixStream::connect(d.socket()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -315,8 +317,7 @@ fn hostile_socket_clients_are_bounded_and_legitimate_clients_are_still_served() 
     }
     let _ = slow.read_to_string(&mut reply);
     assert!(reply.contains("\"timeout\""), "{reply}");
-    drop(idle);
-    // Still serving afterwards, and the idle connections are gone.
+    // Still serving afterwards (the floods have ended).
     let out = d.mandate(&["credential-process", "s3-data"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
@@ -577,6 +578,61 @@ fn helpers_get_no_base_credentials_and_untrusted_helpers_are_refused() {
     assert!(!tmp.path().join("run").exists(), "nothing was bound");
 }
 
+/// Opens the daemon's socket (and its directories) to other uids: only the peer-uid checks stand.
+fn open_socket(d: &Daemon) {
+    for p in [d.dir.path(), &d.dir.path().join("run")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+}
+
+/// Starts `flood_helper` as `uid`, holding up to `n` connections for `secs` seconds.
+fn flood(d: &Daemon, uid: u32, n: usize, secs: u64) -> std::process::Child {
+    let helper = d.dir.path().join("flood-helper");
+    if !helper.exists() {
+        std::fs::copy(std::env::current_exe().unwrap(), &helper).unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + secs;
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+        ])
+        .arg(&helper)
+        .args([
+            "--ignored",
+            "--exact",
+            "flood_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env_clear()
+        .env("MANDATE_FLOOD_SOCKET", d.socket())
+        .env("MANDATE_FLOOD_UNTIL", until.to_string())
+        .env("MANDATE_FLOOD_N", n.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("setpriv (util-linux)")
+}
+
+/// The most connections a `flood` child held at once (it reports when it ends).
+fn held_by(child: std::process::Child) -> usize {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("HELD=")
+        .nth(1)
+        .and_then(|n| n.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the flood helper did not report: {text}"))
+}
+
 /// Run as a child by `an_agent_cannot_crowd_approvers_off_the_socket`, as the agent's uid:
 /// keeps as many connections to the socket open as it can, reconnecting those the daemon
 /// closes, until MANDATE_FLOOD_UNTIL (unix seconds). Prints how many it held at most.
@@ -629,36 +685,8 @@ fn an_agent_cannot_crowd_approvers_off_the_socket() {
     let moto = Moto::start();
     let extra = "[agents.bot]\nprofiles = [\"readonly\"]\nuids = [65534]\n";
     let d = Daemon::start(&config_text(&moto.endpoint(), extra));
-    for p in [d.dir.path(), &d.dir.path().join("run")] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    let helper = d.dir.path().join("flood-helper");
-    std::fs::copy(std::env::current_exe().unwrap(), &helper).unwrap();
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let until = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 25;
-    let flood = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&helper)
-        .args([
-            "--ignored",
-            "--exact",
-            "flood_helper",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env_clear()
-        .env("MANDATE_FLOOD_SOCKET", d.socket())
-        .env("MANDATE_FLOOD_UNTIL", until.to_string())
-        .env("MANDATE_FLOOD_N", "17000")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("setpriv (util-linux)");
+    open_socket(&d);
+    let flood = flood(&d, 65_534, 17_000, 25);
     std::thread::sleep(Duration::from_secs(6));
     let mut failures = Vec::new();
     for i in 0..20 {
@@ -675,14 +703,7 @@ fn an_agent_cannot_crowd_approvers_off_the_socket() {
             let _ = d.mandate(&["resume"]);
         }
     }
-    let out = flood.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let held: usize = text
-        .split("HELD=")
-        .nth(1)
-        .and_then(|n| n.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("the flood helper did not report: {text}"));
+    let held = held_by(flood);
     // (Client-side, the kernel's listen backlog counts too, so this can exceed the daemon's
     // per-uid limit a little.)
     eprintln!("the agent held up to {held} connections");
