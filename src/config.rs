@@ -401,9 +401,9 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         ),
         ("notify.command", config.notify.command.as_mut()),
     ] {
-        if let Some(program) = argv.and_then(|a| a.first_mut()) {
-            match crate::trust::trusted_program(program, what) {
-                Ok(real) => *program = real.display().to_string(),
+        if let Some(argv) = argv {
+            match crate::trust::trusted_helper(argv, what) {
+                Ok(real) => argv[0] = real.display().to_string(),
                 Err(e) => unsafe_files.push(Diagnostic::whole_file(&label, e)),
             }
         }
@@ -584,7 +584,7 @@ impl ConfigParser<'_> {
                 self.w.err(
                     v.span(),
                     path,
-                    format!("{n} s is outside the allowed range {min}..={max} s"),
+                    format!("{n} s is outside the allowed range, {min} to {max} s"),
                 );
                 None
             }
@@ -1265,12 +1265,12 @@ uids = [1000]
                 "[broker]\nstate_dir = \"s\"\nsocket = \"s\"\nprofiles_dir = \"p\"\n[roles.r]\narn = \"arn:aws:iam::123456789012:role/r\"\n[limits]\nmax_issuance = 3\nwindow = \"0s\"\n[approvals]\nuse_within = \"30s\"\nmax_pending = 0\n[notify]\nwebhook = \"ftp://x\"\ncommand = []\ntimeout = \"2m\"\n",
                 &[
                     "broker.toml:8:1: limits: unknown key \"max_issuance\"; did you mean \"max_issuances\"?",
-                    "broker.toml:9:10: limits.window: 0 s is outside the allowed range 1..=604800 s",
-                    "broker.toml:11:14: approvals.use_within: 30 s is outside the allowed range 60..=86400 s",
+                    "broker.toml:9:10: limits.window: 0 s is outside the allowed range, 1 to 604800 s",
+                    "broker.toml:11:14: approvals.use_within: 30 s is outside the allowed range, 60 to 86400 s",
                     "broker.toml:12:15: approvals.max_pending: expected an integer from 1 to 1000",
                     "broker.toml:14:11: notify.webhook: must be an http:// or https:// URL with a host",
                     "broker.toml:15:11: notify.command: must not be empty",
-                    "broker.toml:16:11: notify.timeout: 120 s is outside the allowed range 1..=60 s",
+                    "broker.toml:16:11: notify.timeout: 120 s is outside the allowed range, 1 to 60 s",
                 ],
             ),
         ];

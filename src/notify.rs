@@ -77,6 +77,7 @@ async fn run_command(argv: &[String], body: &str, timeout: Duration) -> Result<(
         .args(&argv[1..])
         .env_clear()
         .envs(crate::trust::HELPER_ENV)
+        .current_dir("/")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

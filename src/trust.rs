@@ -69,6 +69,35 @@ pub const HELPER_ENV: [(&str, &str); 2] = [
 /// could be changed by anyone but root and the daemon's user: the helper runs as the daemon's
 /// uid, which can read the signing key and write the approval store. Returns the absolute path
 /// that was checked, which is the one to run.
+/// [`trusted_program`] for a whole helper argv: the program, the interpreter its `#!` line
+/// names, and every argument that names an existing file (`["python3", "/opt/ship.py"]`: the
+/// script is code run as the daemon's uid too). Returns the program's checked path.
+pub fn trusted_helper(argv: &[String], what: &str) -> Result<std::path::PathBuf, String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(format!("{what} is empty"));
+    };
+    let real = trusted_program(program, what)?;
+    if let Ok(head) = std::fs::read(&real).map(|b| b.into_iter().take(256).collect::<Vec<u8>>())
+        && let Some(line) = head.strip_prefix(b"#!")
+    {
+        let line = String::from_utf8_lossy(line);
+        if let Some(interp) = line
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().next())
+        {
+            trusted_program(interp, &format!("{what} interpreter"))?;
+        }
+    }
+    for a in args {
+        let p = Path::new(a);
+        if p.is_absolute() && p.is_file() {
+            trusted_program(a, &format!("{what} argument"))?;
+        }
+    }
+    Ok(real)
+}
+
 pub fn trusted_program(program: &str, what: &str) -> Result<std::path::PathBuf, String> {
     let path = if program.contains('/') {
         std::path::PathBuf::from(program)

@@ -467,9 +467,25 @@ fn the_daemon_not_running_is_a_clear_error() {
     assert_eq!(
         stderr(&out),
         format!(
-            "mandate: the mandate daemon is not running (no socket at {}); start it with `mandate serve`\n",
-            tmp.path().join("run/mandate.sock").display()
+            "mandate: the mandate daemon is not running (no socket at {}); start it with `mandate --config {} serve`\n",
+            tmp.path().join("run/mandate.sock").display(),
+            cfg.display()
         )
+    );
+    // Issue 17: a relative --config still gives absolute paths.
+    let out = mandate_at(Path::new("broker.toml"))
+        .current_dir(tmp.path())
+        .args(["credential-process", "readonly"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains(&format!(
+            "no socket at {}); start it with `mandate --config {} serve`",
+            tmp.path().join("run/mandate.sock").display(),
+            cfg.display()
+        )),
+        "{}",
+        stderr(&out)
     );
 }
 
@@ -735,7 +751,7 @@ fn request_records_the_reason_and_shortens_the_session() {
     assert_eq!(out.status.code(), Some(5));
     assert_eq!(
         stderr(&out),
-        "mandate: duration 7200 s is outside 900..=3600 s allowed for s3-data\n"
+        "mandate: duration 7200 s is outside 900 to 3600 s, the range allowed for s3-data\n"
     );
     let out = d.mandate(&["request", "s3-data", "--duration", "soon"]);
     assert_eq!(out.status.code(), Some(2));

@@ -211,6 +211,15 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Vec<String>)> {
             vec!["misplaced-key.toml:7:1: allow[0]: unknown key \"managed_policies\"; \"managed_policies\" is a top-level key: move it above the first [[allow]], [[deny]] or [tags] table".into()],
         ),
         (
+            // Issue 17 point 2: after [tags], top-level keys are tags in TOML; refused.
+            "keys-after-tags.toml",
+            s(&format!("{BASE}{ALLOW}[tags]\nteam = \"data\"\napproval = \"none\"\nduration = \"2h\"\n")),
+            vec![
+                "keys-after-tags.toml:9:1: tags: \"approval\" is a top-level key: move it above the first [[allow]], [[deny]] or [tags] table (a tag cannot be named like a profile key)".into(),
+                "keys-after-tags.toml:10:1: tags: \"duration\" is a top-level key: move it above the first [[allow]], [[deny]] or [tags] table (a tag cannot be named like a profile key)".into(),
+            ],
+        ),
+        (
             "empty-resources.toml",
             s(&format!("{BASE}[[allow]]\nactions = [\"s3:GetObject\"]\nresources = []\n")),
             vec!["empty-resources.toml:6:13: allow[0].resources: must not be empty".into()],

@@ -905,6 +905,7 @@ fn ship(cmd: &[String], line: &str) {
         .args(args)
         .env_clear()
         .envs(crate::trust::HELPER_ENV)
+        .current_dir("/")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use super::*;
 use crate::approval::{Status, VoteOutcome, Voter};
 use crate::config::Limits;
+use crate::policy::CompiledProfile;
 
 /// The stop buttons in force, swapped as a whole (readers never lock).
 #[derive(Clone, Debug, Default)]
@@ -607,9 +608,6 @@ impl<I: Issuer> Broker<I> {
         let _admin = self.admin.lock().await;
         let now = self.now();
         let all = self.controls().revocations.clone();
-        let mut roles: Vec<String> = all.iter().flat_map(|r| r.aws_roles.clone()).collect();
-        roles.sort();
-        roles.dedup();
         // A session revocation has nothing left to stop once the session cannot be alive.
         let session_over = |r: &Revocation| {
             matches!(r.scope, Scope::Session(_)) && now >= r.at + crate::revoke::MAX_SESSION_SECONDS
@@ -623,6 +621,15 @@ impl<I: Issuer> Broker<I> {
                 ..r.clone()
             })
             .collect();
+        // Only the roles whose denials changed are rewritten: a gc with nothing to collect
+        // touches nothing at AWS.
+        let mut roles: Vec<String> = all
+            .iter()
+            .filter(|r| expired.iter().any(|e| e.id == r.id))
+            .flat_map(|r| r.aws_roles.clone())
+            .collect();
+        roles.sort();
+        roles.dedup();
         let stored = expired.clone();
         self.db(move |s| {
             for r in &stored {
@@ -780,6 +787,19 @@ impl<I: Issuer> Broker<I> {
         let what = format!("breaker reset {agent}");
         let approver = self.approver(&caller, None, &what).await?;
         let _admin = self.admin.lock().await;
+        let state = self.state();
+        if !state.config.agents.contains_key(&agent) {
+            let known: Vec<&str> = state.config.agents.keys().map(String::as_str).collect();
+            let hint = crate::suggest::closest(&agent, known.iter().copied())
+                .map(|c| format!("; did you mean {c:?}?"))
+                .unwrap_or_else(|| format!(" (agents: {})", known.join(", ")));
+            let d = Denial {
+                code: DenyCode::BadRequest,
+                message: format!("there is no agent {agent:?} in the broker config{hint}"),
+                agent: None,
+            };
+            return Err(self.refuse_admin(&caller, &what, d).await);
+        }
         if !self.controls().trips.contains_key(&agent) {
             let d = Denial {
                 code: DenyCode::BadRequest,
@@ -852,13 +872,23 @@ fn admin_record(kind: Kind, caller: &Caller, approver: String, decision: &str) -
 /// profile opts into, by class, and the managed policies it passes (not analysed). `null` when
 /// the profile changed since the request (the approval could not be used anyway).
 fn unlocks(state: &super::State, r: &ApprovalRequest) -> serde_json::Value {
-    let Some(c) = state
+    if state
         .profiles
         .get(&r.binding.profile)
-        .filter(|c| c.profile_sha256 == r.binding.profile_sha256)
-    else {
+        .is_none_or(|c| c.profile_sha256 != r.binding.profile_sha256)
+    {
         return serde_json::Value::Null;
-    };
+    }
+    state
+        .unlocks_of(&r.binding.profile, unlocks_json)
+        .map(|v| (*v).clone())
+        .unwrap_or_default()
+}
+
+/// Names listed per class in `unlocks`; the rest are counted (a `*` profile unlocks ~20,000).
+const UNLOCKS_LISTED: usize = 20;
+
+fn unlocks_json(c: &CompiledProfile) -> serde_json::Value {
     let e = crate::policy::explain::explain(c);
     let mut classes = serde_json::Map::new();
     for (class, list) in &e.classes {
@@ -868,7 +898,13 @@ fn unlocks(state: &super::State, r: &ApprovalRequest) -> serde_json::Value {
             .map(|(a, _)| a.full_name())
             .collect();
         if !usable.is_empty() {
-            classes.insert(class.as_str().to_owned(), serde_json::json!(usable));
+            classes.insert(
+                class.as_str().to_owned(),
+                serde_json::json!({
+                    "count": usable.len(),
+                    "actions": usable.iter().take(UNLOCKS_LISTED).collect::<Vec<_>>(),
+                }),
+            );
         }
     }
     serde_json::json!({

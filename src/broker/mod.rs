@@ -217,6 +217,9 @@ pub struct State {
     pub profiles: BTreeMap<String, Arc<CompiledProfile>>,
     /// The broker's base credentials are temporary: sessions are capped at one hour.
     pub base_is_temporary: bool,
+    /// What approving a request for each profile unlocks (computed once per profile and config
+    /// load, bounded by the number of profiles).
+    unlocks: Mutex<HashMap<String, Arc<serde_json::Value>>>,
 }
 
 impl State {
@@ -229,7 +232,24 @@ impl State {
                 .collect(),
             config: loaded.config,
             base_is_temporary,
+            unlocks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `unlocks` of profile `name`, computed on first use.
+    pub(crate) fn unlocks_of(
+        &self,
+        name: &str,
+        compute: impl FnOnce(&CompiledProfile) -> serde_json::Value,
+    ) -> Option<Arc<serde_json::Value>> {
+        let c = self.profiles.get(name)?;
+        let mut cache = self.unlocks.lock().unwrap_or_else(|e| e.into_inner());
+        Some(
+            cache
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(compute(c)))
+                .clone(),
+        )
     }
 }
 
@@ -305,7 +325,7 @@ pub fn authorize(
             return deny(
                 DenyCode::BadRequest,
                 format!(
-                    "duration {d} s is outside 900..={duration} s allowed for {}",
+                    "duration {d} s is outside 900 to {duration} s, the range allowed for {}",
                     req.profile
                 ),
                 Some(&agent.name),
@@ -755,25 +775,23 @@ impl<I: Issuer> Broker<I> {
                 crate::approval::Status::Pending => {
                     return Err(BrokerError::Pending(pending_of(&r)));
                 }
+                // The same request again after a rejection: the rejection stands (with its
+                // note) while the rejected request would still have been pending; it never
+                // silently opens a new one.
+                crate::approval::Status::Rejected if now < r.pending_until => {
+                    let d = deny(DenyCode::ApprovalClosed, rejection_message(&r));
+                    return Err(self.refuse(&caller, &req.profile, req.reason, d).await);
+                }
                 closed if req.approval_id.is_some() => {
-                    let detail = match &r.stage {
-                        crate::approval::Stage::Rejected { by, .. } => {
-                            let note = r
-                                .votes
-                                .iter()
-                                .rev()
-                                .find(|v| !v.approve)
-                                .and_then(|v| v.note.as_deref())
-                                .map(|n| format!(": {n}"))
-                                .unwrap_or_default();
-                            format!("rejected by {by}{note}")
-                        }
-                        _ => closed.as_str().to_owned(),
+                    let message = match &r.stage {
+                        crate::approval::Stage::Rejected { .. } => rejection_message(&r),
+                        _ => format!(
+                            "approval request {} is {}; nothing was issued",
+                            r.id,
+                            closed.as_str()
+                        ),
                     };
-                    let d = deny(
-                        DenyCode::ApprovalClosed,
-                        format!("approval request {} is {detail}; nothing was issued", r.id),
-                    );
+                    let d = deny(DenyCode::ApprovalClosed, message);
                     return Err(self.refuse(&caller, &req.profile, req.reason, d).await);
                 }
                 _ => continue,
@@ -962,8 +980,12 @@ impl<I: Issuer> Broker<I> {
                 if let Some(c) = closed {
                     self.audit.append(*c).await?;
                 }
-                // Each window's first delivery is on disk before the credential leaves.
-                self.audit.append_durable(*first).await?;
+                // Each window's first delivery is on disk before the credential leaves; if it
+                // cannot be written, nothing leaves and the next delivery tries again.
+                if let Err(e) = self.audit.append_durable(*first).await {
+                    self.volume.forget(&entry.request_id, caller.uid());
+                    return Err(e.into());
+                }
             }
         }
         tracing::debug!(
@@ -1153,6 +1175,18 @@ impl<I: Issuer> Broker<I> {
         for r in self.volume.close_expired(self.now(), window, force) {
             self.audit.append(r).await?;
         }
+        // Refusals counted over their record budget are written, in one record per agent.
+        for (who, n) in self.volume.take_suppressed() {
+            let mut r = Record::new(Kind::Denied);
+            r.agent = who.strip_prefix("agent ").map(str::to_owned);
+            r.uid = who.strip_prefix("uid ").and_then(|u| u.parse().ok());
+            r.count = Some(n);
+            r.code = Some("suppressed".into());
+            r.message = Some(format!(
+                "{n} refusals of {who} over the record budget (counted, not recorded one by one)"
+            ));
+            self.audit.append(r).await?;
+        }
         Ok(())
     }
 
@@ -1188,6 +1222,26 @@ fn base_record(kind: Kind, caller: &Caller, grant: &Grant, reason: &Option<Strin
     r.role = Some(grant.role.arn.clone());
     r.reason = reason.clone();
     r
+}
+
+/// "approval request ID is rejected by NAME: NOTE; nothing was issued".
+fn rejection_message(r: &ApprovalRequest) -> String {
+    let by = match &r.stage {
+        crate::approval::Stage::Rejected { by, .. } => by.as_str(),
+        _ => "an approver",
+    };
+    let note = r
+        .votes
+        .iter()
+        .rev()
+        .find(|v| !v.approve)
+        .and_then(|v| v.note.as_deref())
+        .map(|n| format!(": {n}"))
+        .unwrap_or_default();
+    format!(
+        "approval request {} is rejected by {by}{note}; nothing was issued",
+        r.id
+    )
 }
 
 fn pending_of(r: &ApprovalRequest) -> Pending {

@@ -101,6 +101,29 @@ impl Volume {
         }
     }
 
+    /// Forgets the window of `session` and `uid` (its first record could not be written, so the
+    /// next delivery must try again rather than be counted).
+    pub fn forget(&self, session: &str, uid: Option<u32>) {
+        self.windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(session.to_owned(), uid));
+    }
+
+    /// Refusals counted over the budget and not yet in any record, per agent (or uid): taken,
+    /// so that the caller writes them (every few seconds, and at shutdown).
+    pub fn take_suppressed(&self) -> Vec<(String, u64)> {
+        let mut buckets = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        let out = buckets
+            .iter_mut()
+            .filter(|(_, b)| b.suppressed > 0)
+            .map(|(who, b)| (who.clone(), std::mem::take(&mut b.suppressed)))
+            .collect();
+        // Buckets back at full strength carry nothing: drop them (bounded memory).
+        buckets.retain(|_, b| b.tokens < REFUSAL_BURST || b.suppressed > 0);
+        out
+    }
+
     /// Closes every window older than `window` (all of them with `force`, at shutdown) and
     /// returns the summaries to write. Windows without further deliveries vanish silently.
     pub fn close_expired(&self, now: i64, window: Duration, force: bool) -> Vec<Record> {
@@ -230,5 +253,7 @@ mod tests {
         assert_eq!(v.refusal("claude", 3 * REFUSAL_EVERY_SECS), Some(1));
         assert_eq!(v.refusal("claude", 3 * REFUSAL_EVERY_SECS), Some(0));
         assert_eq!(v.refusal("claude", 3 * REFUSAL_EVERY_SECS), None);
+        assert_eq!(v.take_suppressed(), vec![("claude".to_owned(), 1)]);
+        assert!(v.take_suppressed().is_empty(), "taken once");
     }
 }

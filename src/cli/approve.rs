@@ -147,14 +147,27 @@ fn describe(r: &serde_json::Value) -> String {
             }
             // Destructive classes first, in the order a reviewer should read them.
             for class in mandate::catalog::RiskClass::ALL {
-                if let Some(list) = classes.get(class.as_str()).and_then(|l| l.as_array()) {
-                    let names: Vec<String> = list.iter().map(safe).collect();
-                    s.push_str(&format!(
-                        "  unlocks   {class} ({}): {}\n",
-                        class.describe(),
-                        names.join(", ")
-                    ));
-                }
+                let Some(c) = classes.get(class.as_str()) else {
+                    continue;
+                };
+                let names: Vec<String> = c["actions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(safe)
+                    .collect();
+                let count = c["count"].as_u64().unwrap_or(names.len() as u64);
+                let more = count.saturating_sub(names.len() as u64);
+                s.push_str(&format!(
+                    "  unlocks   {class} ({}): {}{}\n",
+                    class.describe(),
+                    names.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                ));
             }
             if let Some(m) = u["managed_policies"].as_array().filter(|m| !m.is_empty()) {
                 let names: Vec<String> = m.iter().map(safe).collect();
@@ -177,15 +190,21 @@ fn confirm(config: Option<&std::path::Path>, id: &ApprovalId, yes: bool) -> Resu
     if yes || !stdin.is_terminal() {
         return Ok(true);
     }
-    let resp = call(config, &Request::Approvals { all: true }).map_err(fail)?;
+    // Open requests only: a pending one is always among them.
+    let resp = call(config, &Request::Approvals { all: false }).map_err(fail)?;
     let items = resp.result.unwrap_or_default();
     let found = items
         .as_array()
         .into_iter()
         .flatten()
         .find(|r| r["id"] == id.as_str() && r["status"] == "pending");
-    // Anything else (decided, unknown, not ours to see) the daemon refuses with its own words.
-    let Some(r) = found else { return Ok(true) };
+    // Fail closed: what cannot be shown is not approved from a terminal.
+    let Some(r) = found else {
+        eprintln!(
+            "mandate: request {id} is not among the pending requests you can see; nothing was approved (check `mandate approvals list --all`)"
+        );
+        return Ok(false);
+    };
     eprint!("{}", describe(r));
     eprint!("Approve this request? [y/N] ");
     let _ = std::io::stderr().flush();
@@ -282,11 +301,18 @@ pub fn revoke(
             }
             let mut out = String::new();
             if let Some(scope) = v["scope"].as_str() {
-                out.push_str(&format!(
-                    "revoked {}: no new credentials from now on; {} cached sessions dropped\n",
-                    safe(&serde_json::Value::String(scope.into())),
-                    v["purged"]
-                ));
+                let shown = safe(&serde_json::Value::String(scope.into()));
+                out.push_str(&if scope.starts_with("session") {
+                    format!(
+                        "revoked {shown}: that session is no longer served ({} cached copies dropped); the agent may still get other sessions\n",
+                        v["purged"]
+                    )
+                } else {
+                    format!(
+                        "revoked {shown}: no new credentials from now on; {} cached sessions dropped\n",
+                        v["purged"]
+                    )
+                });
             }
             for p in v["policies"].as_array().into_iter().flatten() {
                 out.push_str(&format!(

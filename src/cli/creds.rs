@@ -35,12 +35,21 @@ pub fn call_raw(config_flag: Option<&std::path::Path>, req: &Request) -> Result<
         ),
         other => Failure(Exit::NotFound, other.to_string()),
     })?;
-    client::call(&cfg.socket, req, CALL_TIMEOUT).map_err(|e| {
-        let code = match e {
-            ClientError::PermissionDenied(_) => Exit::Denied,
-            _ => Exit::Unavailable,
-        };
-        Failure(code, e.to_string())
+    client::call(&cfg.socket, req, CALL_TIMEOUT).map_err(|e| match e {
+        ClientError::PermissionDenied(_) => Failure(Exit::Denied, e.to_string()),
+        ClientError::NotRunning(_) => {
+            let socket = std::path::absolute(&cfg.socket).unwrap_or(cfg.socket.clone());
+            let config = std::path::absolute(&path).unwrap_or(path.clone());
+            Failure(
+                Exit::Unavailable,
+                format!(
+                    "the mandate daemon is not running (no socket at {}); start it with `mandate --config {} serve`",
+                    socket.display(),
+                    config.display()
+                ),
+            )
+        }
+        _ => Failure(Exit::Unavailable, e.to_string()),
     })
 }
 
@@ -57,7 +66,10 @@ fn ok(resp: Response) -> Result<Response, Failure> {
         code: "error".into(),
         message: "unknown error".into(),
     });
-    let exit = if mandate::broker::DenyCode::is_refusal_code(&err.code) {
+    let exit = if err.code == "unknown_profile" {
+        // A named profile that does not exist (README: exit code 4).
+        Exit::NotFound
+    } else if mandate::broker::DenyCode::is_refusal_code(&err.code) {
         Exit::Denied
     } else {
         Exit::Unavailable

@@ -222,8 +222,9 @@ async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {
                 tick.tick().await;
-                if broker.flush_deliveries(false).await.is_err() {
-                    return;
+                // A transient error (the writer busy) is retried at the next tick.
+                if let Err(e) = broker.flush_deliveries(false).await {
+                    tracing::warn!(error = %e, "could not write delivery counts yet");
                 }
             }
         })

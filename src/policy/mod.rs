@@ -243,7 +243,19 @@ fn rule_statement(effect: Effect, rule: &Rule) -> Statement {
         resource: OneOrMany::from_vec(sorted_unique(
             rule.resources.iter().map(|r| r.as_str().to_owned()),
         )),
-        condition: rule.condition.clone(),
+        // Values of one condition key are ORed: their order means nothing, so it must not
+        // change the bytes or the hash either.
+        condition: rule.condition.as_ref().map(|c| {
+            c.iter()
+                .map(|(op, keys)| {
+                    let keys = keys
+                        .iter()
+                        .map(|(k, v)| (k.clone(), sorted_unique(v.iter().cloned())))
+                        .collect();
+                    (op.clone(), keys)
+                })
+                .collect()
+        }),
     }
 }
 

@@ -32,6 +32,24 @@ fn compiles_minified_sorted_and_deterministic() {
 }
 
 #[test]
+fn reordering_condition_values_does_not_change_the_policy() {
+    let with = |values: &str| {
+        format!(
+            "description = \"x\"\nrole = \"r\"\napproval = \"none\"\n[[allow]]\nactions = [\"s3:ListBucket\"]\nresources = [\"arn:aws:s3:::b\"]\ncondition = {{ StringLike = {{ \"s3:prefix\" = [{values}] }} }}\n"
+        )
+    };
+    let a = compile_src(&with("\"b/*\", \"a/*\"")).unwrap();
+    let b = compile_src(&with("\"a/*\", \"b/*\", \"a/*\"")).unwrap();
+    assert_eq!(a.policy, b.policy);
+    assert_eq!(a.profile_sha256, b.profile_sha256);
+    assert!(
+        a.policy.as_json().contains(r#""s3:prefix":["a/*","b/*"]"#),
+        "{}",
+        a.policy.as_json()
+    );
+}
+
+#[test]
 fn reordering_lists_does_not_change_the_policy() {
     let reordered = S3_DATA.replace(
         r#"["s3:PutObject", "s3:GetObject", "s3:ListBucket"]"#,

@@ -97,8 +97,13 @@ impl Profile {
 /// Errors from finding and reading profile files. Validation problems are [`Diagnostic`]s.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("no profile named {name:?} in {dir}: expected the file {}", dir.join(format!("{name}.toml")).display())]
-    NotFound { name: String, dir: PathBuf },
+    #[error("no profile named {name:?} in {dir}: expected the file {}{hint}", dir.join(format!("{name}.toml")).display())]
+    NotFound {
+        name: String,
+        dir: PathBuf,
+        /// "; did you mean ...?" when another profile's name is close.
+        hint: String,
+    },
     #[error("{0}")]
     BadName(String),
     #[error("{} is not a directory or .toml file", .0.display())]
@@ -119,13 +124,27 @@ pub fn locate(dir: &Path, name: &str) -> Result<PathBuf, ProfileError> {
     ProfileName::parse(name).map_err(ProfileError::BadName)?;
     let path = dir.join(format!("{name}.toml"));
     if path.is_file() {
-        Ok(path)
-    } else {
-        Err(ProfileError::NotFound {
-            name: name.to_owned(),
-            dir: dir.to_owned(),
-        })
+        return Ok(path);
     }
+    let stems: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".toml"))
+                .map(str::to_owned)
+        })
+        .collect();
+    let hint = crate::suggest::closest(name, stems.iter().map(String::as_str))
+        .map(|c| format!("; did you mean {c:?}?"))
+        .unwrap_or_default();
+    Err(ProfileError::NotFound {
+        name: name.to_owned(),
+        dir: dir.to_owned(),
+        hint,
+    })
 }
 
 /// Expands the paths given to `profiles check`: directories to their `*.toml` files (sorted),
@@ -731,6 +750,20 @@ impl Parser<'_> {
         for (key, value) in t.iter() {
             let k = key.get_ref().as_ref();
             let path = format!("tags.{k}");
+            // `approval = "none"` after `[tags]` is a tag in TOML: it must never silently
+            // become one while the profile keeps its defaults.
+            if TOP_KEYS.contains(&k) {
+                self.err(
+                    key.span(),
+                    "tags",
+                    format!(
+                        "{} is a top-level key: move it above the first [[allow]], [[deny]] or [tags] table (a tag cannot be named like a profile key)",
+                        quoted(k)
+                    ),
+                );
+                ok = false;
+                continue;
+            }
             if let Err(m) = check_tag_key(k) {
                 self.err(key.span(), "tags", m);
                 ok = false;

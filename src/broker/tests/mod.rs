@@ -161,7 +161,7 @@ fn authorization_table() {
             },
             Err((
                 DenyCode::BadRequest,
-                "duration 7200 s is outside 900..=3600 s allowed for s3-data",
+                "duration 7200 s is outside 900 to 3600 s, the range allowed for s3-data",
             )),
         ),
     ];
