@@ -905,3 +905,80 @@ fn hostile_reasons_are_escaped_and_approve_shows_the_request_and_asks() {
     assert_eq!(out.status.code(), Some(0), "{screen}");
     assert!(!screen.contains("[y/N]"), "{screen}");
 }
+
+/// Issue 17 point 5: messages that say the right thing (table of command → exit code and the
+/// exact words).
+#[test]
+fn messages_say_the_right_thing() {
+    let moto = Moto::start();
+    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    // A rejection reaches an agent using credential_process, and the same request does not
+    // silently open a new one.
+    let id = pending_id(&d.mandate(&["credential-process", "deploy-staging"]));
+    let out = d.mandate(&["reject", &id, "--note", "not during the freeze"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = d.mandate(&["credential-process", "deploy-staging"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "mandate: approval request {id} is rejected by human: not during the freeze; nothing was issued\n"
+        )
+    );
+    let list = ok_json(&d.mandate(&["approvals", "list", "--json"]));
+    assert!(
+        list.as_array().unwrap().is_empty(),
+        "no new request: {list}"
+    );
+
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["breaker", "reset", "claud"],
+            5,
+            "mandate: there is no agent \"claud\" in the broker config; did you mean \"claude\"?\n",
+        ),
+        (
+            vec!["env", "nope"],
+            4,
+            "mandate: no profile named \"nope\"\n",
+        ),
+        (
+            vec!["credential-process", "nope"],
+            4,
+            "mandate: no profile named \"nope\"\n",
+        ),
+        (
+            vec!["request", "s3-data", "--duration", "2h"],
+            5,
+            "mandate: duration 7200 s is outside 900 to 3600 s, the range allowed for s3-data\n",
+        ),
+    ];
+    for (args, code, want) in cases {
+        let out = d.mandate(&args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out), want, "{args:?}");
+    }
+    // revoke --session says only that session is revoked.
+    let out = d.mandate(&["credential-process", "readonly"]);
+    assert!(out.status.success());
+    let session = d.audit().iter().find(|r| r["kind"] == "issued").unwrap()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = d.mandate(&["revoke", "--session", &session]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("that session is no longer served"), "{text}");
+    assert!(!text.contains("no new credentials from now on"), "{text}");
+    // gc with nothing to collect says so.
+    let out = d.mandate(&["revoke", "--gc"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "nothing to collect\n");
+    // profiles show suggests the near name.
+    let out = d.mandate(&["profiles", "show", "s3-dat"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).ends_with("; did you mean \"s3-data\"?\n"),
+        "{}",
+        stderr(&out)
+    );
+}
