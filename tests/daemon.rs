@@ -5,6 +5,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -793,7 +794,22 @@ fn init_writes_a_config_that_serve_accepts() {
         "# endpoint_url = \"http://127.0.0.1:5055\"",
         &format!("endpoint_url = \"{}\"", moto.endpoint()),
     );
+    // Issue 17 point 9: the operator is the login name of whoever ran init, not "operator".
+    let login = Command::new("id").arg("-un").output().unwrap();
+    let login = String::from_utf8_lossy(&login.stdout).trim().to_owned();
+    assert!(
+        written.contains(&format!("operator = \"{login}\"")),
+        "{written}"
+    );
     let d = Daemon::start(&written);
     let out = d.mandate(&["credential-process", "readonly"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Logs to a file carry no colour codes and no Rust debug output.
+    let log = d.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file: {log:?}"
+    );
+    assert!(log.contains("mandate is serving"), "{log}");
+    assert!(!log.contains("Some(") && !log.contains("None"), "{log}");
 }

@@ -607,7 +607,33 @@ fn usage_errors_exit_2_and_help_exits_0() {
     assert_eq!(help.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&help.stdout).contains("explain"));
     let man = run(root, &["man"]);
-    assert!(String::from_utf8_lossy(&man.stdout).contains(".TH mandate"));
+    let page = String::from_utf8_lossy(&man.stdout).into_owned();
+    assert!(page.contains(".TH mandate"));
+    // Every page mandate(1) refers to exists once `man --dir` wrote them.
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(root, &["man", "--dir", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let refs: Vec<String> = page
+        .split("mandate\\-")
+        .skip(1)
+        .filter_map(|r| r.split_once("(1)").map(|(n, _)| n.replace("\\-", "-")))
+        .collect();
+    assert!(refs.len() > 10, "{refs:?}");
+    for r in refs {
+        assert!(
+            dir.path().join(format!("mandate-{r}.1")).is_file(),
+            "mandate-{r}(1) is referred to but not written"
+        );
+    }
+    // --config means nothing to man and completions: refused, not ignored.
+    for args in [
+        &["--config", "x.toml", "man"][..],
+        &["--config", "x.toml", "completions", "bash"],
+    ] {
+        let out = run(root, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--config has no effect"));
+    }
     let comp = run(root, &["completions", "bash"]);
     assert!(String::from_utf8_lossy(&comp.stdout).contains("_mandate()"));
 }

@@ -43,10 +43,12 @@ pub enum Kind {
     Stopped,
     Recovered,
     Checkpoint,
+    Paused,
+    Resumed,
 }
 
 impl Kind {
-    pub const ALL: [&'static str; 13] = [
+    pub const ALL: [&'static str; 15] = [
         "request",
         "denied",
         "pending",
@@ -60,6 +62,8 @@ impl Kind {
         "stopped",
         "recovered",
         "checkpoint",
+        "paused",
+        "resumed",
     ];
 }
 

@@ -840,7 +840,8 @@ impl<I: Issuer> Broker<I> {
             reason: reason.clone(),
         });
         let decision = if pause { "paused" } else { "resumed" };
-        let mut r = admin_record(Kind::Breaker, &caller, approver, decision);
+        let kind = if pause { Kind::Paused } else { Kind::Resumed };
+        let mut r = admin_record(kind, &caller, approver, decision);
         r.scope = Some("every agent".into());
         r.note = reason;
         // Resuming loosens: audited first. Pausing tightens: in force first.

@@ -93,9 +93,14 @@ pub fn run(a: InitArgs) -> Exit {
         }
     }
     let uid = mandate::server::effective_uid();
-    let user = std::env::var("USER")
-        .ok()
-        .filter(|u| profile::check_slug("user", u).is_ok())
+    // The operator is the person running init: their login name (USER, LOGNAME, or the
+    // password database entry of this uid), lower-cased to a valid name.
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .chain(login_name(uid))
+        .map(|u| u.to_ascii_lowercase())
+        .find(|u| profile::check_slug("user", u).is_ok())
         .unwrap_or_else(|| "operator".into());
     let mut toml = format!(
         "# mandate broker config, written by `mandate init`. Reference: README.md.\n\
@@ -204,4 +209,15 @@ fn prepare_state(c: &mandate::config::Config) -> Result<String, String> {
         mandate::audit::checkpoint::fingerprint(&public),
         key.with_extension("pub").display()
     ))
+}
+
+/// The login name of `uid` from /etc/passwd, if any.
+fn login_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _ = f.next();
+        (f.next()?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
 }

@@ -250,10 +250,18 @@ enum Command {
         /// The shell to generate completions for
         shell: clap_complete::Shell,
     },
-    /// Print the mandate(1) man page (roff) to stdout
-    #[command(long_about = "Print the mandate(1) man page (roff) to stdout.\n\n\
-        Example: mandate man > mandate.1 && man ./mandate.1")]
-    Man,
+    /// Print the mandate(1) man page (roff), or write every page with --dir
+    #[command(
+        long_about = "Print the mandate(1) man page (roff) to stdout, or with --dir write \
+        it and one page per subcommand (mandate-serve(1), mandate-approve(1), ...), which it refers \
+        to.\n\n\
+        Example: mandate man --dir /usr/local/share/man/man1 && man mandate-approve"
+    )]
+    Man {
+        /// Write mandate.1 and every mandate-COMMAND.1 into this directory
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Where profiles live unless `--profiles` says otherwise.
@@ -274,6 +282,18 @@ pub fn main() -> ExitCode {
         }
     };
     let config = cli.config;
+    // --config is global for clap, but means nothing to these two: say so instead of ignoring it.
+    if config.is_some()
+        && matches!(
+            cli.command,
+            Command::Man { .. } | Command::Completions { .. }
+        )
+    {
+        eprintln!(
+            "error: --config has no effect on `mandate man` or `mandate completions`; leave it out"
+        );
+        return Exit::Usage.into();
+    }
     let code = match cli.command {
         Command::Serve => serve::run(config),
         Command::CredentialProcess { profile, agent } => {
@@ -356,9 +376,21 @@ pub fn main() -> ExitCode {
             );
             Exit::Ok
         }
-        Command::Man => {
+        Command::Man { dir: Some(dir) } => match clap_mangen::generate_to(Cli::command(), &dir) {
+            Ok(()) => print_bytes(format!("wrote the man pages to {}\n", dir.display()).as_bytes()),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot write the man pages to {}: {e}",
+                    dir.display()
+                );
+                Exit::NotFound
+            }
+        },
+        Command::Man { dir: None } => {
             let mut out = Vec::new();
-            match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+            match clap_mangen::Man::new(Cli::command().disable_help_subcommand(true))
+                .render(&mut out)
+            {
                 Ok(()) => print_bytes(&out),
                 Err(e) => {
                     eprintln!("error: cannot render the man page: {e}");

@@ -76,8 +76,11 @@ fn init_logging(format: LogFormat) {
         "warn,mandate={}",
         level.as_deref().unwrap_or("info")
     ));
+    // Colour only on a terminal: a journal or a log file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -195,7 +198,11 @@ async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
             return Exit::Unavailable;
         }
     };
-    tracing::info!(socket = %c.socket.display(), http = ?c.http, config = %path.display(), "mandate is serving");
+    let http = c
+        .http
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "off".into());
+    tracing::info!(socket = %c.socket.display(), http = %http, config = %path.display(), "mandate is serving");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = http_listener.map(|l| {
