@@ -372,15 +372,48 @@ pub fn read(path: &Path) -> Result<Config, ConfigError> {
     parse(&label, &bytes, &base, path).map_err(ConfigError::Invalid)
 }
 
-/// Reads the config and every profile in its `profiles_dir`, and cross-checks them.
+/// Reads the config and every profile in its `profiles_dir`, and cross-checks them: the one
+/// full check that `serve`, reload, `config check`, `init` and `agent add` all use.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let mut config = read(path)?;
-    let label = path.display().to_string();
+    let config = read(path)?;
+    let text = std::fs::read(path).unwrap_or_default();
     // Files the daemon trusts must not be writable by anyone else (design §6, invariant 6).
     let mut unsafe_files = Vec::new();
     if let Err(e) = crate::trust::trusted_file(path, "config") {
-        unsafe_files.push(Diagnostic::whole_file(&label, e));
+        unsafe_files.push(Diagnostic::whole_file(&path.display().to_string(), e));
     }
+    cross_check(config, path, &text, unsafe_files)
+}
+
+/// The same full check for config text not written yet (as it would be at `path`): `init` and
+/// `agent add` run it before they write anything.
+pub fn check_text(path: &Path, bytes: &[u8]) -> Result<Loaded, ConfigError> {
+    let label = path.display().to_string();
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let config = parse(&label, bytes, &base, path).map_err(ConfigError::Invalid)?;
+    cross_check(config, path, bytes, Vec::new())
+}
+
+/// Where `"name"` stands in the `[agents.AGENT]` table of the config text, for a diagnostic.
+fn agent_profile_offset(text: &[u8], agent: &str, name: &str) -> Option<usize> {
+    let text = std::str::from_utf8(text).ok()?;
+    let header = format!("[agents.{agent}]");
+    let start = text.find(&header)?;
+    let section_end = text[start + header.len()..]
+        .find("\n[")
+        .map_or(text.len(), |i| start + header.len() + i);
+    text[start..section_end]
+        .find(&format!("\"{name}\""))
+        .map(|i| start + i)
+}
+
+fn cross_check(
+    mut config: Config,
+    path: &Path,
+    text: &[u8],
+    mut unsafe_files: Vec<Diagnostic>,
+) -> Result<Loaded, ConfigError> {
+    let label = path.display().to_string();
     for agent in config.agents.values() {
         if let Some(t) = &agent.token_file
             && t.exists()
@@ -455,15 +488,20 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             if !profiles.contains_key(p.as_str())
                 && !diags.iter().any(|d| d.file.ends_with(&format!("{p}.toml")))
             {
-                diags.push(Diagnostic::whole_file(
-                    &label,
-                    format!(
-                        "agents.{}.profiles: no profile {} in {}",
-                        agent.name,
-                        quoted(p.as_str()),
-                        config.profiles_dir.display()
-                    ),
-                ));
+                let hint = crate::suggest::closest(p.as_str(), profiles.keys().map(String::as_str))
+                    .map(|c| format!("; did you mean {}?", quoted(c)))
+                    .unwrap_or_default();
+                let message = format!(
+                    "agents.{}.profiles: no profile {} in {}{hint}",
+                    agent.name,
+                    quoted(p.as_str()),
+                    config.profiles_dir.display()
+                );
+                let src = String::from_utf8_lossy(text);
+                diags.push(match agent_profile_offset(text, &agent.name, p.as_str()) {
+                    Some(at) => Diagnostic::at(&label, &src, at, message),
+                    None => Diagnostic::whole_file(&label, message),
+                });
             }
         }
     }

@@ -813,3 +813,120 @@ fn init_writes_a_config_that_serve_accepts() {
     assert!(log.contains("mandate is serving"), "{log}");
     assert!(!log.contains("Some(") && !log.contains("None"), "{log}");
 }
+
+/// Issue 17 point 3: one full config check, used everywhere: `config check` reports with
+/// file:line:col and "did you mean"; `init` and `agent add` run it before writing anything;
+/// a reload that changes what only a restart applies says so.
+#[test]
+fn one_config_check_everywhere() {
+    let moto = Moto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("broker.toml");
+    let bad =
+        config_text(&moto.endpoint(), "").replace("\"s3-data\", \"deploy", "\"s3-dta\", \"deploy");
+    std::fs::write(&cfg, &bad).unwrap();
+    let out = mandate_at(&cfg).args(["config", "check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let line = bad.lines().position(|l| l.contains("s3-dta")).unwrap() + 1;
+    let col = bad
+        .lines()
+        .nth(line - 1)
+        .unwrap()
+        .find("\"s3-dta\"")
+        .unwrap()
+        + 1;
+    assert!(
+        stderr(&out).contains(&format!(
+            "{}:{line}:{col}: agents.claude.profiles: no profile \"s3-dta\" in {}; did you mean \"s3-data\"?",
+            cfg.display(),
+            root().join("profiles").display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    // serve says exactly the same.
+    let (code, err) = serve_once(&cfg);
+    assert_eq!(code, Some(3));
+    assert!(err.contains("did you mean \"s3-data\"?"), "{err}");
+    std::fs::write(&cfg, config_text(&moto.endpoint(), "")).unwrap();
+    let out = mandate_at(&cfg).args(["config", "check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with(&format!("ok: {}", cfg.display())));
+
+    // init with a broken profile in its profiles directory writes nothing.
+    let profiles = tmp.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::copy(
+        root().join("profiles/readonly.toml"),
+        profiles.join("readonly.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        profiles.join("broken.toml"),
+        "description = \"x\"\nrol = \"sandbox\"\n",
+    )
+    .unwrap();
+    let fresh = tmp.path().join("fresh/broker.toml");
+    let out = mandate_at(&fresh)
+        .args(["init", "--profiles"])
+        .arg(&profiles)
+        .args(["--role-arn", ROLE_ARN])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("broken.toml:2:1: unknown key \"rol\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("nothing was written"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!fresh.exists());
+
+    // agent add of an agent the daemon would refuse (an operator-approval profile, no
+    // --operator) writes neither the token nor the config.
+    let with_http = format!(
+        "{}\n[http]\nlisten = \"127.0.0.1:{}\"\n",
+        config_text(&moto.endpoint(), ""),
+        free_port()
+    );
+    std::fs::write(&cfg, &with_http).unwrap();
+    let token = tmp.path().join("box-token");
+    let out = mandate_at(&cfg)
+        .args(["agent", "add", "box", "--profiles", "deploy-staging"])
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("agents.box"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).ends_with("nothing was written\n"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!token.exists(), "no token for an agent that was not added");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), with_http);
+
+    // A reload that changes the socket: applied for what can be, and the log says to restart.
+    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        text.replace("run/mandate.sock", "run/other.sock"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.log().contains("restart the daemon") {
+        assert!(
+            Instant::now() < deadline,
+            "no restart warning:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(d.log().contains("but broker.socket changed"), "{}", d.log());
+}

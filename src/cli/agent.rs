@@ -163,10 +163,6 @@ fn add(
     let token_file =
         std::path::absolute(token_file.unwrap_or_else(|| cfg.state_dir.join("tokens").join(&name)))
             .unwrap_or_default();
-    if let Err(e) = write_token(&token_file, false) {
-        eprintln!("error: {e}");
-        return Exit::Usage;
-    }
     let section = format!(
         "\n[agents.{name}]\nprofiles = [{}]\ndefault_profile = {default:?}\ntoken_file = {:?}\n{}",
         profiles
@@ -179,6 +175,25 @@ fn add(
             .map(|o| format!("operator = {o:?}\n"))
             .unwrap_or_default()
     );
+    // The same full check the daemon runs on reload, before the token or the config is
+    // written: an agent the daemon would refuse is never half-added.
+    let mut text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", path.display());
+            return Exit::NotFound;
+        }
+    };
+    text.extend_from_slice(section.as_bytes());
+    if let Err(e) = config::check_text(path, &text) {
+        let exit = config_error(&e);
+        eprintln!("nothing was written");
+        return exit;
+    }
+    if let Err(e) = write_token(&token_file, false) {
+        eprintln!("error: {e}");
+        return Exit::Usage;
+    }
     let appended = std::fs::OpenOptions::new()
         .append(true)
         .open(path)

@@ -84,8 +84,14 @@ pub fn run(a: InitArgs) -> Exit {
                 names.push(p.name.as_str().to_owned());
             }
             Err(e) => {
+                // Every problem, with file:line:col, as `profiles check` would print them.
+                if let profile::ProfileError::Invalid(diags) = &e {
+                    for d in diags {
+                        eprintln!("{d}");
+                    }
+                }
                 eprintln!(
-                    "error: {e}; run `mandate profiles check {}`",
+                    "error: {e}; nothing was written (run `mandate profiles check {}` after fixing it)",
                     profiles_dir.display()
                 );
                 return Exit::Invalid;
@@ -133,6 +139,12 @@ pub fn run(a: InitArgs) -> Exit {
         user,
         user
     ));
+    // The same full check the daemon runs, before anything is written.
+    if let Err(e) = mandate::config::check_text(&target, toml.as_bytes()) {
+        let exit = super::config_error(&e);
+        eprintln!("nothing was written");
+        return exit;
+    }
     if let Some(dir) = target.parent()
         && let Err(e) = mandate::trust::create_private_dir(dir)
     {

@@ -15,6 +15,7 @@
 mod agent;
 mod approve;
 mod audit;
+mod config_cmd;
 mod creds;
 mod init;
 mod profiles;
@@ -243,6 +244,9 @@ enum Command {
     /// Check, show and explain capability profiles
     #[command(subcommand)]
     Profiles(profiles::ProfilesCmd),
+    /// Check the broker config and its profiles as the daemon would
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCmd),
     /// Print a shell completion script to stdout
     #[command(long_about = "Print a shell completion script to stdout.\n\n\
         Example (bash): mandate completions bash > ~/.local/share/bash-completion/completions/mandate")]
@@ -367,6 +371,7 @@ pub fn main() -> ExitCode {
         Command::Resume => approve::pause(config, false, None),
         Command::Audit(cmd) => audit::run(config, cmd),
         Command::Profiles(cmd) => profiles::run(config, cmd),
+        Command::Config(cmd) => config_cmd::run(config, cmd),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

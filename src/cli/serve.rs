@@ -278,6 +278,32 @@ fn fingerprint(config: &Path, profiles: &Path) -> Vec<(PathBuf, u64, SystemTime)
     out
 }
 
+/// What a reload cannot apply: the listeners and the state directory are bound at start.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.http != new.http {
+        out.push("[http] listen");
+    }
+    if old.socket != new.socket {
+        out.push("broker.socket");
+    }
+    if old.state_dir != new.state_dir {
+        out.push("broker.state_dir");
+    }
+    // (delivery_window is read per delivery and does apply.)
+    let writer = |c: &Config| mandate::audit::Options {
+        delivery_window: std::time::Duration::ZERO,
+        ..c.audit.clone()
+    };
+    if writer(old) != writer(new) {
+        out.push("[audit] (but delivery_window)");
+    }
+    if old.notify != new.notify {
+        out.push("[notify]");
+    }
+    out
+}
+
 /// Reloads on SIGHUP or when the config or a profile changes. A bad edit keeps the old state.
 async fn reload_loop<I: mandate::aws::Issuer>(
     broker: Arc<Broker<I>>,
@@ -312,9 +338,18 @@ async fn reload_loop<I: mandate::aws::Issuer>(
         match config::load(&path) {
             Ok(loaded) => {
                 let n = loaded.profiles.len();
+                let restart = needs_restart(&broker.state().config, &loaded.config);
                 broker.replace_state(State::new(loaded, base_is_temporary));
                 let _ = tokens.refresh(&broker.state().config);
-                tracing::info!(profiles = n, "reloaded the config and profiles");
+                if restart.is_empty() {
+                    tracing::info!(profiles = n, "reloaded the config and profiles");
+                } else {
+                    tracing::warn!(
+                        profiles = n,
+                        "reloaded the config and profiles, but {} changed: restart the daemon for that to take effect (the old value is still in use)",
+                        restart.join(", ")
+                    );
+                }
             }
             Err(e) => {
                 let detail = match &e {
