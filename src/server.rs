@@ -361,18 +361,46 @@ async fn dispatch<I: Issuer>(
                             if sessions.iter().any(|s| s.request_id == *id))
                 }
             };
+            // Times as RFC 3339, like everywhere else a human or a script reads them.
+            let with_time = |v: serde_json::Value| {
+                let mut v = v;
+                if let Some(at) = v["at"].as_i64() {
+                    v["at"] = clock::rfc3339(at).into();
+                }
+                v
+            };
+            let revocations: Vec<serde_json::Value> = controls
+                .revocations
+                .iter()
+                .filter(concerns)
+                .map(|r| with_time(serde_json::to_value(r).unwrap_or_default()))
+                .collect();
+            // Each live session says whether a revocation stops it.
+            let sessions: Vec<serde_json::Value> = sessions
+                .iter()
+                .map(|s| {
+                    let revoked = controls.revocations.iter().any(|r| {
+                        r.blocks(&s.agent, &s.profile)
+                            || (r.active
+                                && matches!(&r.scope, crate::revoke::Scope::Session(id) if *id == s.request_id))
+                    });
+                    let mut v = serde_json::to_value(s).unwrap_or_default();
+                    v["revoked"] = revoked.into();
+                    v
+                })
+                .collect();
             serde_json::json!({
                 "ok": true,
                 "status": {
-                    "revocations": controls.revocations.iter().filter(concerns).collect::<Vec<_>>(),
+                    "revocations": revocations,
                     "sessions": sessions,
                     "agents": state.config.agents.values().filter(|a| filter.is_none_or(|f| f == a.name)).map(|a| serde_json::json!({
                         "name": a.name,
                         "profiles": a.profiles.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                     "audit_ok": !broker.audit().is_failed(),
-                    "paused": controls.paused,
-                    "breakers": controls.trips.values().filter(|t| filter.is_none_or(|f| f == t.agent)).collect::<Vec<_>>(),
+                    "paused": controls.paused.as_ref().map(|p| with_time(serde_json::to_value(p).unwrap_or_default())),
+                    "breakers": controls.trips.values().filter(|t| filter.is_none_or(|f| f == t.agent)).map(|t| with_time(serde_json::to_value(t).unwrap_or_default())).collect::<Vec<_>>(),
                 }
             })
         }

@@ -985,3 +985,96 @@ fn messages_say_the_right_thing() {
         stderr(&out)
     );
 }
+
+/// Issue 17 point 4: `status` tells the truth during an incident (pause, revocations, tripped
+/// breakers, revoked sessions marked; RFC 3339 times in --json too), and issued sessions survive
+/// a restart: `status` lists them and `revoke --session` still finds them.
+#[test]
+fn status_tells_the_truth_and_sessions_survive_a_restart() {
+    let moto = Moto::start();
+    let mut d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    assert!(
+        d.mandate(&["credential-process", "readonly"])
+            .status
+            .success()
+    );
+    assert!(
+        d.mandate(&["credential-process", "s3-data"])
+            .status
+            .success()
+    );
+    let issued: Vec<(String, String)> = d
+        .audit()
+        .iter()
+        .filter(|r| r["kind"] == "issued")
+        .map(|r| {
+            (
+                r["profile"].as_str().unwrap().to_owned(),
+                r["request_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let id_of = |p: &str| issued.iter().find(|(q, _)| q == p).unwrap().1.clone();
+
+    // Restart: the sessions are still listed, and a session revoke still finds its session.
+    d.stop();
+    d.restart();
+    let status = ok_json(&d.mandate(&["status", "--json"]));
+    let listed: Vec<&str> = status["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["request_id"].as_str().unwrap())
+        .collect();
+    assert!(listed.contains(&id_of("readonly").as_str()), "{status}");
+    assert!(listed.contains(&id_of("s3-data").as_str()), "{status}");
+    let out = d.mandate(&["revoke", "--session", &id_of("s3-data")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        d.mandate(&["pause", "--reason", "incident 9"])
+            .status
+            .success()
+    );
+
+    let status = ok_json(&d.mandate(&["status", "--json"]));
+    let rfc3339 = |v: &Value| {
+        let t = v.as_str().unwrap_or_default();
+        t.len() == 20 && t.ends_with('Z') && t.as_bytes()[10] == b'T'
+    };
+    assert!(rfc3339(&status["paused"]["at"]), "{status}");
+    assert!(rfc3339(&status["revocations"][0]["at"]), "{status}");
+    let revoked: Vec<(String, bool)> = status["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["request_id"].as_str().unwrap().to_owned(),
+                s["revoked"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(revoked.contains(&(id_of("s3-data"), true)), "{revoked:?}");
+    assert!(revoked.contains(&(id_of("readonly"), false)), "{revoked:?}");
+
+    let text = String::from_utf8_lossy(&d.mandate(&["status"]).stdout).into_owned();
+    assert!(text.contains("PAUSED since "), "{text}");
+    assert!(
+        text.contains("(incident 9): nothing is issued until `mandate resume`"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("REVOKED session {} at ", id_of("s3-data"))),
+        "{text}"
+    );
+    let s3_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("s3-data"))
+        .unwrap();
+    assert!(s3_line.ends_with("[REVOKED]"), "{text}");
+    let ro_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("readonly"))
+        .unwrap();
+    assert!(!ro_line.contains("[REVOKED]"), "{text}");
+}

@@ -68,6 +68,12 @@ pub trait Store: Send + Sync {
 
     fn set_pause(&self, p: Option<&Pause>) -> Result<(), StoreError>;
     fn pause(&self) -> Result<Option<Pause>, StoreError>;
+
+    /// The live-session index (what `status` lists and `revoke --session` finds), so that it
+    /// survives a restart. Expired sessions are dropped as new ones are put.
+    fn put_session(&self, s: &crate::broker::SessionInfo, now: i64) -> Result<(), StoreError>;
+    /// Sessions unexpired at `now`.
+    fn sessions(&self, now: i64) -> Result<Vec<crate::broker::SessionInfo>, StoreError>;
 }
 
 /// What [`Store::open_pending`] did.
@@ -103,6 +109,7 @@ CREATE INDEX IF NOT EXISTS approvals_by_time ON approvals (created_at);
 CREATE TABLE IF NOT EXISTS revocations (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trips (agent TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (request_id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, data TEXT NOT NULL);
 ";
 
 impl SqliteStore {
@@ -388,6 +395,25 @@ impl Store for SqliteStore {
                 .execute("DELETE FROM flags WHERE name = 'pause'", [])
                 .map(drop),
         })
+    }
+
+    fn put_session(&self, s: &crate::broker::SessionInfo, now: i64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])?;
+            c.execute(
+                "INSERT INTO sessions (request_id, expires_at, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(request_id) DO UPDATE SET expires_at = excluded.expires_at, data = excluded.data",
+                params![s.request_id, s.expires_at(), encode(s)],
+            )
+            .map(drop)
+        })
+    }
+
+    fn sessions(&self, now: i64) -> Result<Vec<crate::broker::SessionInfo>, StoreError> {
+        self.rows(
+            "SELECT data FROM sessions WHERE expires_at > ?1 ORDER BY expires_at",
+            params![now],
+        )
     }
 
     fn pause(&self) -> Result<Option<Pause>, StoreError> {

@@ -490,8 +490,9 @@ struct Entry {
     request_id: String,
 }
 
-/// A live session, for `mandate status`.
-#[derive(Clone, Debug, serde::Serialize)]
+/// A live session, for `mandate status` and `revoke --session` (kept in the store too, so it
+/// survives a restart).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionInfo {
     pub agent: String,
     pub profile: String,
@@ -500,8 +501,14 @@ pub struct SessionInfo {
     pub access_key_id: String,
     pub expiration: String,
     pub request_id: String,
-    #[serde(skip)]
+    #[serde(skip_serializing, default)]
     expires_at: i64,
+}
+
+impl SessionInfo {
+    pub fn expires_at(&self) -> i64 {
+        self.expires_at
+    }
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
@@ -577,12 +584,23 @@ impl<I: Issuer> Broker<I> {
                 .map(|t| (t.agent.clone(), t))
                 .collect(),
         };
+        // `expires_at` is not in the stored JSON's serialized form; it comes back from the
+        // expiration text.
+        let sessions = parts
+            .store
+            .sessions((parts.clock)())?
+            .into_iter()
+            .map(|mut s| {
+                s.expires_at = clock::parse_rfc3339_millis(&s.expiration).map_or(0, |ms| ms / 1000);
+                s
+            })
+            .collect();
         Ok(Broker {
             state: RwLock::new(Arc::new(state)),
             issuer,
             audit,
             cache: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(Vec::new()),
+            sessions: Mutex::new(sessions),
             parts,
             controls: RwLock::new(Arc::new(controls)),
             counters: Mutex::new(HashMap::new()),
@@ -1148,6 +1166,21 @@ impl<I: Issuer> Broker<I> {
                     request_id: request_id.clone(),
                     expires_at: creds.expiration,
                 });
+            }
+        }
+        // The live-session index survives a restart (status, revoke --session). A store
+        // failure does not withhold a session that is already audited: it is logged.
+        let info = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|s| s.request_id == request_id)
+            .cloned();
+        if let Some(info) = info {
+            let now = clock::unix_now();
+            if let Err(e) = self.db(move |s| s.put_session(&info, now)).await {
+                tracing::warn!(error = %e, "could not record the session in the store");
             }
         }
         tracing::debug!(

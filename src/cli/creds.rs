@@ -351,18 +351,76 @@ pub fn status(config_flag: Option<PathBuf>, json: bool) -> Exit {
             "FAILED: no credentials are being issued"
         }
     ));
+    // What stops issuance comes first: during an incident that is what a human looks for.
+    let text = |v: &serde_json::Value| one_line(v.as_str().unwrap_or(""));
+    if let Some(p) = status["paused"].as_object() {
+        out.push_str(&format!(
+            "PAUSED since {} by {}{}: nothing is issued until `mandate resume`\n",
+            text(&p["at"]),
+            text(&p["by"]),
+            p["reason"]
+                .as_str()
+                .map(|r| format!(" ({})", one_line(r)))
+                .unwrap_or_default()
+        ));
+    }
+    for t in status["breakers"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "BREAKER OPEN for agent {} since {}: {} (`mandate breaker reset {}`)\n",
+            text(&t["agent"]),
+            text(&t["at"]),
+            text(&t["reason"]),
+            text(&t["agent"])
+        ));
+    }
+    for r in status["revocations"].as_array().into_iter().flatten() {
+        let scope = match &r["scope"] {
+            serde_json::Value::String(s) => one_line(s),
+            serde_json::Value::Object(o) => match (o.get("kind"), o.get("name")) {
+                (Some(k), Some(n)) => format!("{} {}", text(k), text(n)),
+                (Some(k), None) if k == "all" => "every agent".to_owned(),
+                (Some(k), None) => text(k),
+                _ => one_line(&r["scope"].to_string()),
+            },
+            other => one_line(&other.to_string()),
+        };
+        let active = if r["active"] == true {
+            "blocks new credentials"
+        } else {
+            "lifted"
+        };
+        let aws = r["aws_roles"]
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .map(|a| format!("; denied at AWS on {} role(s)", a.len()))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "REVOKED {scope} at {} by {}: {active}{aws}\n",
+            text(&r["at"]),
+            text(&r["by"])
+        ));
+    }
     let sessions = status["sessions"].as_array().cloned().unwrap_or_default();
     for agent in status["agents"].as_array().cloned().unwrap_or_default() {
         let name = agent["name"].as_str().unwrap_or("?");
         let mine: Vec<_> = sessions.iter().filter(|s| s["agent"] == name).collect();
-        out.push_str(&format!("\nagent {name}: {} live session(s)\n", mine.len()));
+        out.push_str(&format!(
+            "\nagent {}: {} live session(s)\n",
+            one_line(name),
+            mine.len()
+        ));
         for s in mine {
             out.push_str(&format!(
-                "  {:<16} {:<22} expires {}  {}\n",
-                s["profile"].as_str().unwrap_or(""),
-                s["access_key_id"].as_str().unwrap_or(""),
-                s["expiration"].as_str().unwrap_or(""),
-                s["session_name"].as_str().unwrap_or(""),
+                "  {:<16} {:<22} expires {}  {}{}\n",
+                text(&s["profile"]),
+                text(&s["access_key_id"]),
+                text(&s["expiration"]),
+                text(&s["session_name"]),
+                if s["revoked"] == true {
+                    "  [REVOKED]"
+                } else {
+                    ""
+                }
             ));
         }
     }

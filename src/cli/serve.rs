@@ -18,6 +18,11 @@ pub fn run(config_flag: Option<PathBuf>) -> Exit {
         Ok(p) => p,
         Err(e) => return config_error(&e),
     };
+    // What the files looked like before they were read: an edit made while the daemon starts
+    // is then still seen as a change and reloaded.
+    let seen = config::read(&path)
+        .map(|c| fingerprint(&path, &c.profiles_dir))
+        .unwrap_or_default();
     // Everything is validated before anything is bound.
     let loaded = match config::load(&path) {
         Ok(l) => l,
@@ -36,7 +41,7 @@ pub fn run(config_flag: Option<PathBuf>) -> Exit {
             return Exit::Internal;
         }
     };
-    runtime.block_on(serve(path, loaded))
+    runtime.block_on(serve(path, loaded, seen))
 }
 
 /// No core dumps (they would hold credentials), not dumpable (no ptrace or /proc/PID/environ for
@@ -95,7 +100,7 @@ fn warn_shared_uids(c: &Config) {
     }
 }
 
-async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
+async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit {
     let c = loaded.config.clone();
     // Token files are read (and hashed) before anything is bound.
     let tokens = Arc::new(mandate::http::Tokens::default());
@@ -221,6 +226,7 @@ async fn serve(path: PathBuf, loaded: config::Loaded) -> Exit {
         tokens.clone(),
         path,
         base_is_temporary,
+        seen,
     ));
     // Closed delivery windows are written every few seconds (their first delivery already is).
     let flusher = {
@@ -261,7 +267,9 @@ async fn shutdown_signal() {
 }
 
 /// A cheap fingerprint of the config file and the profiles directory.
-fn fingerprint(config: &Path, profiles: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
+type Fingerprint = Vec<(PathBuf, u64, SystemTime)>;
+
+fn fingerprint(config: &Path, profiles: &Path) -> Fingerprint {
     let mut out = Vec::new();
     let mut push = |p: PathBuf| {
         if let Ok(m) = std::fs::metadata(&p) {
@@ -310,13 +318,14 @@ async fn reload_loop<I: mandate::aws::Issuer>(
     tokens: Arc<mandate::http::Tokens>,
     path: PathBuf,
     base_is_temporary: bool,
+    seen: Fingerprint,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     let profiles_dir = broker.state().config.profiles_dir.clone();
-    let mut last = fingerprint(&path, &profiles_dir);
+    let mut last = seen;
     let mut token_problems: Vec<String> = Vec::new();
     loop {
         let hangup = tokio::select! {
