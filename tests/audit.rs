@@ -165,7 +165,12 @@ impl Rng {
 #[test]
 fn kill_9_during_concurrent_issuance_never_loses_an_issued_record() {
     let moto = Moto::start();
-    let mut d = Daemon::start(&with_audit(&moto.endpoint(), "checkpoint_every = 25"));
+    // Every call mints, across 100 restarts: lift the per-agent limits, which (with the
+    // live-session index in the store) now hold across restarts too.
+    let mut d = Daemon::start(&with_audit(
+        &moto.endpoint(),
+        "checkpoint_every = 25\n[limits]\nmax_live_sessions = 100000\nmax_issuances = 1000000",
+    ));
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let mut received: Vec<String> = Vec::new();
     let rounds = 100;
