@@ -298,15 +298,6 @@ fn main() {
     audit_volume(&moto);
 }
 
-fn audit_bytes(d: &Daemon) -> u64 {
-    std::fs::read_dir(d.dir.path().join("state/audit"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("audit-"))
-        .map(|e| e.metadata().unwrap().len())
-        .sum()
-}
-
 /// Audit bytes written for 10,000 cached deliveries (4 clients, 1 KiB reasons), per setting.
 fn audit_volume(moto: &Moto) {
     const DELIVERIES: u64 = 10_000;
@@ -338,7 +329,7 @@ fn audit_volume(moto: &Moto) {
                 .unwrap()
                 .ok
         );
-        let before = audit_bytes(&d);
+        let before = d.audit_bytes();
         let left = Arc::new(AtomicU64::new(DELIVERIES));
         let handles: Vec<_> = (0..4)
             .map(|_| {
@@ -359,7 +350,7 @@ fn audit_volume(moto: &Moto) {
             h.join().unwrap();
         }
         d.stop(); // closes every delivery window
-        let bytes = audit_bytes(&d) - before;
+        let bytes = d.audit_bytes() - before;
         let counted: u64 = d
             .audit()
             .iter()

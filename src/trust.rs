@@ -22,9 +22,9 @@ fn dir_is_safe(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Refuses `path` (described as `what`) if it, its directory, or (for a symlink) the link's
-/// directory or its target's directory can be written by anyone but root and the daemon's user.
-pub fn trusted_file(path: &Path, what: &str) -> Result<(), String> {
+/// The real path of `path` if it is a regular file that only root or the daemon's user can
+/// write (the file itself; the callers check the directories).
+fn safe_regular_file(path: &Path, what: &str) -> Result<std::path::PathBuf, String> {
     let shown = path.display();
     let real = std::fs::canonicalize(path).map_err(|e| format!("{what} {shown}: {e}"))?;
     let meta = std::fs::metadata(&real).map_err(|e| format!("{what} {shown}: {e}"))?;
@@ -43,6 +43,14 @@ pub fn trusted_file(path: &Path, what: &str) -> Result<(), String> {
             meta.uid()
         ));
     }
+    Ok(real)
+}
+
+/// Refuses `path` (described as `what`) if it, its directory, or (for a symlink) the link's
+/// directory or its target's directory can be written by anyone but root and the daemon's user.
+pub fn trusted_file(path: &Path, what: &str) -> Result<(), String> {
+    let shown = path.display();
+    let real = safe_regular_file(path, what)?;
     let mut dirs = vec![real.parent().map(Path::to_path_buf)];
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
         dirs.push(
@@ -115,23 +123,7 @@ pub fn trusted_program(program: &str, what: &str) -> Result<std::path::PathBuf, 
             })?
     };
     let shown = path.display();
-    let real = std::fs::canonicalize(&path).map_err(|e| format!("{what} {shown}: {e}"))?;
-    let meta = std::fs::metadata(&real).map_err(|e| format!("{what} {shown}: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("{what} {shown} is not a regular file"));
-    }
-    if meta.permissions().mode() & 0o022 != 0 {
-        return Err(format!(
-            "{what} {shown} is writable by group or others; run chmod go-w on it"
-        ));
-    }
-    let me = crate::server::effective_uid();
-    if meta.uid() != me && meta.uid() != 0 {
-        return Err(format!(
-            "{what} {shown} belongs to uid {}; it must belong to root or to the daemon's user (uid {me})",
-            meta.uid()
-        ));
-    }
+    let real = safe_regular_file(&path, what)?;
     // Every directory above the program (and above the link, for a symlink), up to the root.
     let mut dirs: Vec<&Path> = real.ancestors().skip(1).collect();
     let link = std::path::absolute(&path).unwrap_or_else(|_| path.clone());

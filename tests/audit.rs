@@ -364,15 +364,6 @@ fn audit_tail_follow_prints_new_records_as_they_are_written() {
     let _ = child.wait();
 }
 
-fn audit_bytes(d: &Daemon) -> u64 {
-    std::fs::read_dir(d.dir.path().join("state/audit"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("audit-"))
-        .map(|e| e.metadata().unwrap().len())
-        .sum()
-}
-
 /// Review points 3 and 8: one agent cannot fill the audit disk. Four clients hammering cached
 /// deliveries with 1 KiB reasons for three seconds make the log grow by a few records, not
 /// megabytes: deliveries of one session to one uid share a window (its first record durable
@@ -398,7 +389,7 @@ fn one_agent_cannot_fill_the_audit_log() {
     // Mint once; what follows is cached.
     let first = mandate::client::call(&d.socket(), &ok("warm"), Duration::from_secs(10)).unwrap();
     assert!(first.ok, "{first:?}");
-    let before = audit_bytes(&d);
+    let before = d.audit_bytes();
     let (delivered, limited) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let deadline = Instant::now() + Duration::from_secs(3);
     let handles: Vec<_> = (0..4)
@@ -434,7 +425,7 @@ fn one_agent_cannot_fill_the_audit_log() {
         "the delivery budget holds ({limited} refused)"
     );
     assert!(limited > 0);
-    let grown = audit_bytes(&d) - before;
+    let grown = d.audit_bytes() - before;
     eprintln!("{delivered} deliveries and {limited} refusals grew the audit log by {grown} bytes");
     assert!(
         grown < 64 * 1024,

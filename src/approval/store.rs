@@ -208,25 +208,27 @@ fn stage_name(r: &ApprovalRequest) -> &'static str {
     }
 }
 
+fn insert_request(c: &Connection, r: &ApprovalRequest) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO approvals (id, agent, digest, created_at, pending_until, stage, version, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            r.id.as_str(),
+            r.binding.agent,
+            r.digest,
+            r.created_at,
+            r.pending_until,
+            stage_name(r),
+            r.version as i64,
+            encode(r)
+        ],
+    )
+    .map(drop)
+}
+
 impl Store for SqliteStore {
     fn insert(&self, r: &ApprovalRequest) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO approvals (id, agent, digest, created_at, pending_until, stage, version, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    r.id.as_str(),
-                    r.binding.agent,
-                    r.digest,
-                    r.created_at,
-                    r.pending_until,
-                    stage_name(r),
-                    r.version as i64,
-                    encode(r)
-                ],
-            )
-            .map(drop)
-        })
+        self.with(|c| insert_request(c, r))
     }
 
     fn get(&self, id: &ApprovalId) -> Result<Option<ApprovalRequest>, StoreError> {
@@ -312,20 +314,7 @@ impl Store for SqliteStore {
             if open as usize >= max_pending {
                 return Ok(Opened::Full(open as usize));
             }
-            tx.execute(
-                "INSERT INTO approvals (id, agent, digest, created_at, pending_until, stage, version, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    r.id.as_str(),
-                    r.binding.agent,
-                    r.digest,
-                    r.created_at,
-                    r.pending_until,
-                    stage_name(r),
-                    r.version as i64,
-                    encode(r)
-                ],
-            )?;
+            insert_request(&tx, r)?;
             tx.commit()?;
             Ok(Opened::Inserted)
         })

@@ -409,6 +409,16 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Bytes in the audit log's segments.
+    pub fn audit_bytes(&self) -> u64 {
+        std::fs::read_dir(self.dir.path().join("state/audit"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("audit-"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("run/mandate.sock")
     }
