@@ -73,17 +73,11 @@ impl Notifier {
 
 async fn run_command(argv: &[String], body: &str, timeout: Duration) -> Result<(), String> {
     // A small, fixed environment: never the daemon's own (which may hold base credentials).
-    let mut child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .env_clear()
-        .envs(crate::trust::HELPER_ENV)
-        .current_dir("/")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start: {e}"))?;
+    let mut child =
+        tokio::process::Command::from(crate::trust::helper_command(&argv[0], &argv[1..]))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start: {e}"))?;
     let mut stdin = child.stdin.take();
     let run = async {
         if let Some(s) = stdin.as_mut() {

@@ -72,6 +72,20 @@ pub const HELPER_ENV: [(&str, &str); 2] = [
     ("LANG", "C.UTF-8"),
 ];
 
+/// A helper's command: `argv` with [`HELPER_ENV`] as its whole environment, run in `/`, with
+/// stdin piped and its output discarded. The one place that decides what a helper inherits.
+pub fn helper_command(program: &str, args: &[String]) -> std::process::Command {
+    let mut c = std::process::Command::new(program);
+    c.args(args)
+        .env_clear()
+        .envs(HELPER_ENV)
+        .current_dir("/")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
 /// Resolves a helper program (a bare name is looked up in [`HELPER_ENV`]'s PATH, like the
 /// helper itself would be) and refuses it, naming it, if the program or any directory above it
 /// could be changed by anyone but root and the daemon's user: the helper runs as the daemon's

@@ -905,15 +905,7 @@ fn ship(cmd: &[String], line: &str) {
         return;
     };
     // A small, fixed environment: never the daemon's own (which holds the base credentials).
-    let child = std::process::Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(crate::trust::HELPER_ENV)
-        .current_dir("/")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
+    let child = crate::trust::helper_command(program, args).spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {

@@ -21,16 +21,27 @@ fn opts(every: u64, rotate: u64) -> Options {
     }
 }
 
-/// Reads a log directory and verifies it the way `mandate audit verify` does.
-pub(crate) fn verify_dir(dir: &Path, key: &ed25519_dalek::VerifyingKey) -> Report {
-    let segs: Vec<(String, Vec<u8>)> = segments(dir)
-        .unwrap()
-        .into_iter()
-        .map(|(n, p)| (segment_name(n), std::fs::read(p).unwrap()))
-        .collect();
+/// Reads a log directory and verifies it the way `mandate audit verify` does (with the
+/// writer's signing cadence when one is given).
+fn verify_dir_with(
+    dir: &Path,
+    key: &ed25519_dalek::VerifyingKey,
+    cadence: Option<verify::Cadence>,
+) -> Report {
     let cp = std::fs::read(dir.join(checkpoint::CHECKPOINT_FILE)).unwrap_or_default();
     let (cps, bad) = checkpoint::read(&cp, key);
-    verify::verify(&segs, &cps, bad)
+    let mut v = verify::Verifier::new(&cps, bad);
+    if let Some(c) = cadence {
+        v = v.with_cadence(c);
+    }
+    for (n, p) in segments(dir).unwrap() {
+        v.segment(&segment_name(n), &std::fs::read(p).unwrap());
+    }
+    v.finish()
+}
+
+pub(crate) fn verify_dir(dir: &Path, key: &ed25519_dalek::VerifyingKey) -> Report {
+    verify_dir_with(dir, key, None)
 }
 
 async fn write_n(log: &AuditLog, n: usize) {
@@ -305,18 +316,7 @@ fn cadence(every: u64) -> verify::Cadence {
 }
 
 fn verify_dir_cadence(dir: &Path, every: u64) -> Report {
-    let segs: Vec<(String, Vec<u8>)> = segments(dir)
-        .unwrap()
-        .into_iter()
-        .map(|(n, p)| (segment_name(n), std::fs::read(p).unwrap()))
-        .collect();
-    let cp = std::fs::read(dir.join(checkpoint::CHECKPOINT_FILE)).unwrap_or_default();
-    let (cps, bad) = checkpoint::read(&cp, &key().verifying_key());
-    let mut v = verify::Verifier::new(&cps, bad).with_cadence(cadence(every));
-    for (name, bytes) in &segs {
-        v.segment(name, bytes);
-    }
-    v.finish()
+    verify_dir_with(dir, &key().verifying_key(), Some(cadence(every)))
 }
 
 /// Review point 2: a log stripped of its checkpoints, with records removed and the chain

@@ -696,9 +696,9 @@ impl<I: Issuer> Broker<I> {
         // One agent (or unknown uid) cannot make the log grow without bound by being refused:
         // over its record budget, refusals are counted into the next record written.
         let who = match (&d.agent, caller.uid()) {
-            (Some(a), _) => format!("agent {a}"),
-            (None, Some(uid)) => format!("uid {uid}"),
-            (None, None) => "unknown".to_owned(),
+            (Some(a), _) => volume::Who::Agent(a.clone()),
+            (None, Some(uid)) => volume::Who::Uid(uid),
+            (None, None) => volume::Who::Unknown,
         };
         match self.volume.refusal(&who, self.now()) {
             None => {}
@@ -1211,8 +1211,11 @@ impl<I: Issuer> Broker<I> {
         // Refusals counted over their record budget are written, in one record per agent.
         for (who, n) in self.volume.take_suppressed() {
             let mut r = Record::new(Kind::Denied);
-            r.agent = who.strip_prefix("agent ").map(str::to_owned);
-            r.uid = who.strip_prefix("uid ").and_then(|u| u.parse().ok());
+            match &who {
+                volume::Who::Agent(a) => r.agent = Some(a.clone()),
+                volume::Who::Uid(u) => r.uid = Some(*u),
+                volume::Who::Unknown => {}
+            }
             r.count = Some(n);
             r.code = Some("suppressed".into());
             r.message = Some(format!(

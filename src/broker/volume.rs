@@ -13,6 +13,24 @@ pub const REFUSAL_BURST: u64 = 20;
 /// ...and then one per this many seconds; the others are counted in the next one written.
 pub const REFUSAL_EVERY_SECS: i64 = 10;
 
+/// Whose refusals a budget counts: the agent when the caller is one, else the uid.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Who {
+    Agent(String),
+    Uid(u32),
+    Unknown,
+}
+
+impl std::fmt::Display for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Who::Agent(a) => write!(f, "agent {a}"),
+            Who::Uid(u) => write!(f, "uid {u}"),
+            Who::Unknown => f.write_str("an unknown caller"),
+        }
+    }
+}
+
 /// What to write for one cached delivery.
 #[derive(Debug)]
 pub enum DeliveryWrite {
@@ -45,7 +63,7 @@ struct Bucket {
 #[derive(Default)]
 pub struct Volume {
     windows: Mutex<HashMap<(String, Option<u32>), Window>>,
-    refusals: Mutex<HashMap<String, Bucket>>,
+    refusals: Mutex<HashMap<Who, Bucket>>,
 }
 
 fn summary(w: &Window) -> Option<Record> {
@@ -112,7 +130,7 @@ impl Volume {
 
     /// Refusals counted over the budget and not yet in any record, per agent (or uid): taken,
     /// so that the caller writes them (every few seconds, and at shutdown).
-    pub fn take_suppressed(&self) -> Vec<(String, u64)> {
+    pub fn take_suppressed(&self) -> Vec<(Who, u64)> {
         let mut buckets = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
         let out = buckets
             .iter_mut()
@@ -141,9 +159,9 @@ impl Volume {
 
     /// Whether a refusal of `who` may be recorded now: `Some(n)` with the `n` refusals
     /// suppressed since the last one recorded, or `None` to count this one instead.
-    pub fn refusal(&self, who: &str, now: i64) -> Option<u64> {
+    pub fn refusal(&self, who: &Who, now: i64) -> Option<u64> {
         let mut buckets = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        let b = buckets.entry(who.to_owned()).or_insert(Bucket {
+        let b = buckets.entry(who.clone()).or_insert(Bucket {
             tokens: REFUSAL_BURST,
             refilled: now,
             suppressed: 0,
@@ -241,19 +259,21 @@ mod tests {
     #[test]
     fn refusal_records_have_a_budget_and_count_what_they_skip() {
         let v = Volume::default();
+        let claude = Who::Agent("claude".into());
+        let other = Who::Agent("other".into());
         for _ in 0..REFUSAL_BURST {
-            assert_eq!(v.refusal("claude", 0), Some(0));
+            assert_eq!(v.refusal(&claude, 0), Some(0));
         }
         for _ in 0..500 {
-            assert_eq!(v.refusal("claude", 5), None);
+            assert_eq!(v.refusal(&claude, 5), None);
         }
-        assert_eq!(v.refusal("other", 5), Some(0), "per agent");
-        assert_eq!(v.refusal("claude", REFUSAL_EVERY_SECS), Some(500));
-        assert_eq!(v.refusal("claude", REFUSAL_EVERY_SECS), None);
-        assert_eq!(v.refusal("claude", 3 * REFUSAL_EVERY_SECS), Some(1));
-        assert_eq!(v.refusal("claude", 3 * REFUSAL_EVERY_SECS), Some(0));
-        assert_eq!(v.refusal("claude", 3 * REFUSAL_EVERY_SECS), None);
-        assert_eq!(v.take_suppressed(), vec![("claude".to_owned(), 1)]);
+        assert_eq!(v.refusal(&other, 5), Some(0), "per agent");
+        assert_eq!(v.refusal(&claude, REFUSAL_EVERY_SECS), Some(500));
+        assert_eq!(v.refusal(&claude, REFUSAL_EVERY_SECS), None);
+        assert_eq!(v.refusal(&claude, 3 * REFUSAL_EVERY_SECS), Some(1));
+        assert_eq!(v.refusal(&claude, 3 * REFUSAL_EVERY_SECS), Some(0));
+        assert_eq!(v.refusal(&claude, 3 * REFUSAL_EVERY_SECS), None);
+        assert_eq!(v.take_suppressed(), vec![(claude, 1)]);
         assert!(v.take_suppressed().is_empty(), "taken once");
     }
 }
