@@ -100,7 +100,7 @@ fn main() {
     let http_port = free_port();
     let token_dir = tempfile::tempdir().unwrap();
     let token_file = token_dir.path().join("bench");
-    let token = mandate::http::new_token();
+    let token = mandate::transport::http::new_token();
     std::fs::write(&token_file, &token).unwrap();
     std::fs::set_permissions(
         &token_file,

@@ -3,6 +3,7 @@
 //! the daemon binds anything.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -379,7 +380,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let text = std::fs::read(path).unwrap_or_default();
     // Files the daemon trusts must not be writable by anyone else (design §6, invariant 6).
     let mut unsafe_files = Vec::new();
-    if let Err(e) = crate::trust::trusted_file(path, "config") {
+    if let Err(e) = crate::os::trusted_file(path, "config") {
         unsafe_files.push(Diagnostic::whole_file(&path.display().to_string(), e));
     }
     cross_check(config, path, &text, unsafe_files)
@@ -417,7 +418,7 @@ fn cross_check(
     for agent in config.agents.values() {
         if let Some(t) = &agent.token_file
             && t.exists()
-            && let Err(e) = crate::trust::trusted_file(t, "token file")
+            && let Err(e) = crate::os::trusted_file(t, "token file")
         {
             unsafe_files.push(Diagnostic::whole_file(
                 &label,
@@ -435,7 +436,7 @@ fn cross_check(
         ("notify.command", config.notify.command.as_mut()),
     ] {
         if let Some(argv) = argv {
-            match crate::trust::trusted_helper(argv, what) {
+            match crate::os::trusted_helper(argv, what) {
                 Ok(real) => argv[0] = real.display().to_string(),
                 Err(e) => unsafe_files.push(Diagnostic::whole_file(&label, e)),
             }
@@ -454,7 +455,7 @@ fn cross_check(
     };
     diags.extend(unsafe_files);
     for file in files {
-        if let Err(e) = crate::trust::trusted_file(&file, "profile") {
+        if let Err(e) = crate::os::trusted_file(&file, "profile") {
             diags.push(Diagnostic::whole_file(&file.display().to_string(), e));
             continue;
         }
@@ -925,7 +926,7 @@ impl ConfigParser<'_> {
                             }
                             "webhook" => {
                                 p.w.string(v, path, "an http:// or https:// URL")
-                                    .and_then(|s| match crate::notify::check_url(s) {
+                                    .and_then(|s| match crate::config::check_url(s) {
                                         Ok(()) => Some(s.to_owned()),
                                         Err(m) => {
                                             p.w.err(v.span(), path, m);
@@ -951,7 +952,7 @@ impl ConfigParser<'_> {
                                     .w
                                     .string(v, "http.listen", "an address like \"127.0.0.1:9911\"")
                                     .and_then(|s| {
-                                        crate::http::check_listen(s)
+                                        crate::config::check_listen(s)
                                             .map_err(|m| self.w.err(v.span(), "http.listen", m))
                                             .ok()
                                     });
@@ -1203,6 +1204,31 @@ fn is_role_arn(s: &str) -> bool {
         })
 }
 
+/// Refuses any listen address that is not loopback.
+pub fn check_listen(addr: &str) -> Result<SocketAddr, String> {
+    let sa: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an address like \"127.0.0.1:9911\""))?;
+    let exact = matches!(sa.ip(), std::net::IpAddr::V4(ip) if ip == std::net::Ipv4Addr::LOCALHOST)
+        || matches!(sa.ip(), std::net::IpAddr::V6(ip) if ip == std::net::Ipv6Addr::LOCALHOST);
+    if !exact {
+        return Err(format!(
+            "{addr} is not 127.0.0.1 or [::1]: the credentials endpoint listens on loopback only (share the agent's network namespace instead)"
+        ));
+    }
+    Ok(sa)
+}
+
+/// Checks a webhook URL at config time.
+pub fn check_url(s: &str) -> Result<(), String> {
+    // The URL itself is never echoed: webhook URLs often embed a secret.
+    let uri: hyper::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(()),
+        _ => Err("must be an http:// or https:// URL with a host".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1316,5 +1342,32 @@ uids = [1000]
             let got = parse_str(src).unwrap_err();
             assert_eq!(&got, want, "{what}");
         }
+    }
+
+    #[test]
+    fn webhook_urls() {
+        assert!(check_url("https://hooks.example.com/x").is_ok());
+        assert!(check_url("http://127.0.0.1:8080/hook").is_ok());
+        assert_eq!(
+            check_url("ftp://secret-token@x").unwrap_err(),
+            "must be an http:// or https:// URL with a host"
+        );
+        assert!(check_url("not a url").is_err());
+    }
+
+    #[test]
+    fn only_loopback_listeners() {
+        assert!(check_listen("127.0.0.1:9911").is_ok());
+        assert!(check_listen("[::1]:9911").is_ok());
+        assert!(check_listen("0.0.0.0:9911").is_err());
+        assert!(check_listen("10.0.0.5:9911").is_err());
+        assert!(
+            check_listen("localhost:9911").is_err(),
+            "names are not resolved"
+        );
+        assert!(
+            check_listen("127.0.0.2:9911").is_err(),
+            "exactly the addresses Host may name"
+        );
     }
 }

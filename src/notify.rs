@@ -15,17 +15,6 @@ use crate::config::Notify;
 
 /// Events waiting to be delivered.
 pub const QUEUE: usize = 64;
-
-/// Checks a webhook URL at config time.
-pub fn check_url(s: &str) -> Result<(), String> {
-    // The URL itself is never echoed: webhook URLs often embed a secret.
-    let uri: hyper::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") if uri.host().is_some() => Ok(()),
-        _ => Err("must be an http:// or https:// URL with a host".into()),
-    }
-}
-
 #[derive(Clone)]
 pub struct Notifier {
     tx: Option<mpsc::Sender<serde_json::Value>>,
@@ -73,11 +62,10 @@ impl Notifier {
 
 async fn run_command(argv: &[String], body: &str, timeout: Duration) -> Result<(), String> {
     // A small, fixed environment: never the daemon's own (which may hold base credentials).
-    let mut child =
-        tokio::process::Command::from(crate::trust::helper_command(&argv[0], &argv[1..]))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start: {e}"))?;
+    let mut child = tokio::process::Command::from(crate::os::helper_command(&argv[0], &argv[1..]))
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start: {e}"))?;
     let mut stdin = child.stdin.take();
     let run = async {
         if let Some(s) = stdin.as_mut() {
@@ -124,20 +112,4 @@ async fn post(url: &str, body: String, timeout: Duration) -> Result<(), String> 
     tokio::time::timeout(timeout, send)
         .await
         .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn webhook_urls() {
-        assert!(check_url("https://hooks.example.com/x").is_ok());
-        assert!(check_url("http://127.0.0.1:8080/hook").is_ok());
-        assert_eq!(
-            check_url("ftp://secret-token@x").unwrap_err(),
-            "must be an http:// or https:// URL with a host"
-        );
-        assert!(check_url("not a url").is_err());
-    }
 }

@@ -1,6 +1,6 @@
 //! Revocations, circuit-breaker trips and the global pause: the human stop buttons.
 //!
-//! Pure: the broker persists these through [`crate::approval::store::Store`] and calls AWS
+//! Pure: the broker persists these through [`crate::store::Store`] and calls AWS
 //! through [`crate::aws::Revoker`]. [`role_policy`] builds the inline policy that denies
 //! already-issued sessions at AWS.
 

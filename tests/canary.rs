@@ -56,7 +56,7 @@ fn no_secret_appears_anywhere_but_the_intended_response_bodies() {
     let proxy = Proxy::start_with(tmp.path(), moto.port, Some(&canaries));
     let port = free_port();
     let token_file = tmp.path().join("box-token");
-    let token = mandate::http::new_token();
+    let token = mandate::transport::http::new_token();
     std::fs::write(&token_file, &token).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let extra = format!(

@@ -109,7 +109,7 @@ fn the_daemon_refuses_files_others_can_write_naming_them() {
     )
     .unwrap();
     let token = tmp.path().join("token");
-    std::fs::write(&token, mandate::http::new_token()).unwrap();
+    std::fs::write(&token, mandate::transport::http::new_token()).unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let cfg = tmp.path().join("broker.toml");
     let text = format!(
@@ -329,7 +329,7 @@ fn hostile_http_clients_are_bounded_too() {
     let port = free_port();
     let token_dir = tempfile::tempdir().unwrap();
     let token_file = token_dir.path().join("t");
-    let token = mandate::http::new_token();
+    let token = mandate::transport::http::new_token();
     std::fs::write(&token_file, &token).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let extra = format!(
@@ -401,7 +401,7 @@ fn another_uid_cannot_use_the_socket_or_read_the_audit_log_tokens_or_key() {
         token_dir.path().join("box").display()
     );
     let token = token_dir.path().join("box");
-    std::fs::write(&token, mandate::http::new_token()).unwrap();
+    std::fs::write(&token, mandate::transport::http::new_token()).unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let d = Daemon::start(&config_text(&moto.endpoint(), &extra));
     let out = d.mandate(&["agent", "rotate", "box"]);
@@ -708,7 +708,7 @@ fn an_agent_cannot_crowd_approvers_off_the_socket() {
     // per-uid limit a little.)
     eprintln!("the agent held up to {held} connections");
     assert!(
-        held >= mandate::server::MAX_PER_UID,
+        held >= mandate::transport::socket::MAX_PER_UID,
         "the flood reached the per-uid limit: {held}"
     );
     assert!(

@@ -7,8 +7,6 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub mod store;
-
 /// Longest approval id accepted on the wire.
 pub const ID_LEN: usize = 16;
 /// Longest note accepted with a vote.
@@ -482,4 +480,4 @@ impl ApprovalRequest {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,11 +1,10 @@
-use super::store::{SqliteStore, Store};
 use super::*;
 
-const NOW: i64 = 1_795_000_000;
-const TTL: i64 = 900;
-const USE: i64 = 600;
+pub(crate) const NOW: i64 = 1_795_000_000;
+pub(crate) const TTL: i64 = 900;
+pub(crate) const USE: i64 = 600;
 
-fn binding() -> Binding {
+pub(crate) fn binding() -> Binding {
     Binding {
         agent: "claude".into(),
         profile: "deploy-staging".into(),
@@ -17,7 +16,7 @@ fn binding() -> Binding {
     }
 }
 
-fn operator_req() -> ApprovalRequest {
+pub(crate) fn operator_req() -> ApprovalRequest {
     ApprovalRequest::new(
         ApprovalId::parse("0123456789abcdef").unwrap(),
         binding(),
@@ -30,7 +29,7 @@ fn operator_req() -> ApprovalRequest {
     )
 }
 
-fn peers_req(n: u8) -> ApprovalRequest {
+pub(crate) fn peers_req(n: u8) -> ApprovalRequest {
     ApprovalRequest::new(
         ApprovalId::parse("fedcba9876543210").unwrap(),
         binding(),
@@ -44,12 +43,12 @@ fn peers_req(n: u8) -> ApprovalRequest {
     )
 }
 
-const AGENT_UIDS: &Parties<'static> = &Parties {
+pub(crate) const AGENT_UIDS: &Parties<'static> = &Parties {
     agent_uids: &[1000],
     operator_uids: &[1000],
 };
 
-fn voter<'a>(name: &'a str, uids: &'a [u32]) -> Voter<'a> {
+pub(crate) fn voter<'a>(name: &'a str, uids: &'a [u32]) -> Voter<'a> {
     Voter { name, uids }
 }
 
@@ -286,67 +285,4 @@ fn ids_and_notes_parse_strictly() {
     assert_eq!(ApprovalId::parse(id.as_str()).unwrap(), id);
     assert!(check_note(&"n".repeat(MAX_NOTE_CHARS)).is_ok());
     assert!(check_note(&"n".repeat(MAX_NOTE_CHARS + 1)).is_err());
-}
-
-#[test]
-fn the_store_swaps_only_the_version_it_read() {
-    let s = SqliteStore::in_memory();
-    let r = operator_req();
-    s.insert(&r).unwrap();
-    assert!(s.insert(&r).is_err(), "ids are unique");
-    assert_eq!(s.get(&r.id).unwrap().unwrap(), r);
-    assert_eq!(s.count_pending("claude", NOW).unwrap(), 1);
-    assert_eq!(s.count_pending("claude", NOW + TTL).unwrap(), 0);
-    assert_eq!(s.by_digest("claude", &r.digest).unwrap(), vec![r.clone()]);
-    let (a, _) = r
-        .vote(&voter("alice", &[1000]), AGENT_UIDS, true, None, NOW, USE)
-        .unwrap();
-    assert!(s.replace(r.version, &a).unwrap());
-    // A second writer that read the old version loses.
-    let (b, _) = r
-        .vote(&voter("alice", &[1000]), AGENT_UIDS, false, None, NOW, USE)
-        .unwrap();
-    assert!(!s.replace(r.version, &b).unwrap());
-    assert_eq!(s.get(&r.id).unwrap().unwrap().status(NOW), Status::Approved);
-    assert_eq!(s.list(0, 10).unwrap().len(), 1);
-    // Old requests are forgotten (the audit log keeps them); newer ones are kept.
-    assert_eq!(s.prune(NOW).unwrap(), 0);
-    assert_eq!(s.prune(NOW + 1).unwrap(), 1);
-    assert_eq!(s.get(&r.id).unwrap(), None);
-}
-
-#[test]
-fn the_store_file_survives_reopening_and_is_private() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.db");
-    let r = operator_req();
-    {
-        let s = SqliteStore::open(&path).unwrap();
-        s.insert(&r).unwrap();
-        s.put_trip(&crate::revoke::Trip {
-            agent: "claude".into(),
-            at: NOW,
-            reason: "10 denials".into(),
-        })
-        .unwrap();
-        s.set_pause(Some(&crate::revoke::Pause {
-            at: NOW,
-            by: "alice".into(),
-            reason: None,
-        }))
-        .unwrap();
-    }
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.get(&r.id).unwrap().unwrap(), r);
-    assert_eq!(s.trips().unwrap().len(), 1);
-    assert!(s.delete_trip("claude").unwrap());
-    assert!(!s.delete_trip("claude").unwrap());
-    assert_eq!(s.pause().unwrap().unwrap().by, "alice");
-    s.set_pause(None).unwrap();
-    assert_eq!(s.pause().unwrap(), None);
 }

@@ -252,7 +252,7 @@ pub fn check_dir(dir: &Path) -> Result<(), AuditError> {
     if meta.file_type().is_symlink() || !meta.is_dir() {
         return Err(err("not a directory (symlinks are refused)".into()));
     }
-    let me = crate::server::effective_uid();
+    let me = crate::os::effective_uid();
     if meta.uid() != me {
         return Err(err(format!(
             "owned by uid {}, not by the daemon's uid {me}",
@@ -905,7 +905,7 @@ fn ship(cmd: &[String], line: &str) {
         return;
     };
     // A small, fixed environment: never the daemon's own (which holds the base credentials).
-    let child = crate::trust::helper_command(program, args).spawn();
+    let child = crate::os::helper_command(program, args).spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::approval::store::{Opened, Store, StoreError};
 use crate::approval::{ApprovalId, ApprovalRequest, Binding, Requirement};
 use crate::audit::{AuditError, AuditLog, Kind, Record};
 use crate::aws::{AssumeRoleInput, Credentials, IamError, Issuer, Revoker, StsError};
@@ -15,6 +14,8 @@ use crate::notify::Notifier;
 use crate::policy::CompiledProfile;
 use crate::profile::{Approval, BROKER_TAG_KEYS};
 use crate::revoke::{Pause, Revocation, Scope, Trip};
+use crate::store::SessionInfo;
+use crate::store::{Opened, Store, StoreError};
 
 mod control;
 mod volume;
@@ -482,33 +483,11 @@ struct CacheKey {
     profile_sha256: String,
     role: String,
 }
-
 #[derive(Clone, Debug)]
 struct Entry {
     credentials: Arc<Credentials>,
     duration_seconds: u32,
     request_id: String,
-}
-
-/// A live session, for `mandate status` and `revoke --session` (kept in the store too, so it
-/// survives a restart).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SessionInfo {
-    pub agent: String,
-    pub profile: String,
-    pub role: String,
-    pub session_name: String,
-    pub access_key_id: String,
-    pub expiration: String,
-    pub request_id: String,
-    #[serde(skip_serializing, default)]
-    expires_at: i64,
-}
-
-impl SessionInfo {
-    pub fn expires_at(&self) -> i64 {
-        self.expires_at
-    }
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
@@ -529,7 +508,7 @@ impl Parts {
     /// An in-memory store, no AWS revocation, no notifications, the system clock.
     pub fn ephemeral() -> Parts {
         Parts {
-            store: Arc::new(crate::approval::store::SqliteStore::in_memory()),
+            store: Arc::new(crate::store::SqliteStore::in_memory()),
             revoker: Arc::new(crate::aws::NoRevoker),
             notifier: Notifier::none(),
             clock: Arc::new(clock::unix_now),

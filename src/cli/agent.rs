@@ -83,7 +83,7 @@ pub fn run(config_flag: Option<PathBuf>, cmd: AgentCmd) -> Exit {
 /// Writes a fresh token atomically (temp file + rename): mode 0600, no trailing newline.
 fn write_token(file: &Path, replace: bool) -> Result<(), String> {
     if let Some(dir) = file.parent() {
-        mandate::trust::create_private_dir(dir)?;
+        mandate::os::create_private_dir(dir)?;
     }
     if file.exists() && !replace {
         return Err(format!(
@@ -101,7 +101,7 @@ fn write_token(file: &Path, replace: bool) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| e.to_string())?;
-    f.write_all(mandate::http::new_token().as_bytes())
+    f.write_all(mandate::transport::http::new_token().as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, file).map_err(|e| format!("cannot replace {}: {e}", file.display()))

@@ -98,7 +98,7 @@ pub fn run(a: InitArgs) -> Exit {
             }
         }
     }
-    let uid = mandate::server::effective_uid();
+    let uid = mandate::os::effective_uid();
     // The operator is the person running init: their login name (USER, LOGNAME, or the
     // password database entry of this uid), lower-cased to a valid name.
     let user = ["USER", "LOGNAME"]
@@ -146,7 +146,7 @@ pub fn run(a: InitArgs) -> Exit {
         return exit;
     }
     if let Some(dir) = target.parent()
-        && let Err(e) = mandate::trust::create_private_dir(dir)
+        && let Err(e) = mandate::os::create_private_dir(dir)
     {
         eprintln!("error: {e}");
         return Exit::Internal;
@@ -201,7 +201,7 @@ pub fn run(a: InitArgs) -> Exit {
 /// (0600, with its public half beside it) if they are missing.
 fn prepare_state(c: &mandate::config::Config) -> Result<String, String> {
     for dir in [&c.state_dir, &c.audit_dir()] {
-        mandate::trust::create_private_dir(dir)?;
+        mandate::os::create_private_dir(dir)?;
     }
     mandate::audit::check_dir(&c.audit_dir()).map_err(|e| e.to_string())?;
     let key = c.signing_key();

@@ -9,7 +9,7 @@ use mandate::audit::{AuditLog, Kind, Record};
 use mandate::aws::SdkIssuer;
 use mandate::broker::{Broker, State};
 use mandate::config::{self, Config, LogFormat};
-use mandate::server;
+use mandate::transport::socket as server;
 
 use super::{Exit, config_error};
 
@@ -103,7 +103,7 @@ fn warn_shared_uids(c: &Config) {
 async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit {
     let c = loaded.config.clone();
     // Token files are read (and hashed) before anything is bound.
-    let tokens = Arc::new(mandate::http::Tokens::default());
+    let tokens = Arc::new(mandate::transport::http::Tokens::default());
     let problems = tokens.refresh(&c);
     if !problems.is_empty() {
         for p in &problems {
@@ -146,7 +146,7 @@ async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit
         }
     };
     // Approvals, revocations, breaker trips and the pause survive restarts here.
-    let store = match mandate::approval::store::SqliteStore::open(&c.store_path()) {
+    let store = match mandate::store::SqliteStore::open(&c.store_path()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}; refusing to start without the approval store");
@@ -212,7 +212,7 @@ async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = http_listener.map(|l| {
         let mut rx = stop_rx.clone();
-        tokio::spawn(mandate::http::serve(
+        tokio::spawn(mandate::transport::http::serve(
             broker.clone(),
             tokens.clone(),
             l,
@@ -315,7 +315,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 /// Reloads on SIGHUP or when the config or a profile changes. A bad edit keeps the old state.
 async fn reload_loop<I: mandate::aws::Issuer>(
     broker: Arc<Broker<I>>,
-    tokens: Arc<mandate::http::Tokens>,
+    tokens: Arc<mandate::transport::http::Tokens>,
     path: PathBuf,
     base_is_temporary: bool,
     seen: Fingerprint,

@@ -4,8 +4,8 @@
 use std::sync::atomic::AtomicI64;
 
 use super::*;
-use crate::approval::store::SqliteStore;
 use crate::aws::BoxFuture;
+use crate::store::SqliteStore;
 
 const T0: i64 = 1_795_000_000;
 

@@ -1,90 +1,13 @@
-//! Where approvals, revocations, breaker trips and the pause flag live across restarts.
-//!
-//! A narrow interface ([`Store`]) with one implementation on an embedded SQLite file. Every
-//! state change is a compare-and-swap on the row's version, so several daemons sharing one
-//! database (a later backend) still redeem an approval at most once.
+//! The embedded backend: one SQLite file in the state directory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{ApprovalId, ApprovalRequest};
+use super::{Opened, SessionInfo, Store, StoreError};
+use crate::approval::{ApprovalId, ApprovalRequest, Stage};
 use crate::revoke::{Pause, Revocation, Trip};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("the approval store {path}: {source}")]
-    Db {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("cannot create the approval store {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("refusing the approval store: {0}")]
-    Untrusted(String),
-    #[error("the approval store holds an unreadable record: {0}")]
-    Corrupt(String),
-}
-
-/// The operations the broker needs; nothing else touches the database.
-pub trait Store: Send + Sync {
-    fn insert(&self, r: &ApprovalRequest) -> Result<(), StoreError>;
-    fn get(&self, id: &ApprovalId) -> Result<Option<ApprovalRequest>, StoreError>;
-    /// Requests of `agent` with this binding digest, newest first.
-    fn by_digest(&self, agent: &str, digest: &str) -> Result<Vec<ApprovalRequest>, StoreError>;
-    /// Requests created at or after `since`, newest first, at most `limit`.
-    fn list(&self, since: i64, limit: usize) -> Result<Vec<ApprovalRequest>, StoreError>;
-    /// Replaces the request if the stored version is still `expected`; false if someone else
-    /// changed it first.
-    fn replace(&self, expected: u64, r: &ApprovalRequest) -> Result<bool, StoreError>;
-    /// Requests of `agent` still pending at `now`.
-    fn count_pending(&self, agent: &str, now: i64) -> Result<usize, StoreError>;
-    /// Opens `r` as one atomic step: if a request of the same agent with the same binding
-    /// digest is still pending, that one is returned instead; if the agent already has
-    /// `max_pending` pending requests, nothing is inserted. Never read-then-write across calls.
-    fn open_pending(
-        &self,
-        r: &ApprovalRequest,
-        max_pending: usize,
-        now: i64,
-    ) -> Result<Opened, StoreError>;
-    /// Forgets requests created before `before` (all long decided or expired; the audit log
-    /// keeps their story). Returns how many.
-    fn prune(&self, before: i64) -> Result<usize, StoreError>;
-
-    fn put_revocation(&self, r: &Revocation) -> Result<(), StoreError>;
-    fn delete_revocation(&self, id: &str) -> Result<(), StoreError>;
-    fn revocations(&self) -> Result<Vec<Revocation>, StoreError>;
-
-    fn put_trip(&self, t: &Trip) -> Result<(), StoreError>;
-    fn delete_trip(&self, agent: &str) -> Result<bool, StoreError>;
-    fn trips(&self) -> Result<Vec<Trip>, StoreError>;
-
-    fn set_pause(&self, p: Option<&Pause>) -> Result<(), StoreError>;
-    fn pause(&self) -> Result<Option<Pause>, StoreError>;
-
-    /// The live-session index (what `status` lists and `revoke --session` finds), so that it
-    /// survives a restart. Expired sessions are dropped as new ones are put.
-    fn put_session(&self, s: &crate::broker::SessionInfo, now: i64) -> Result<(), StoreError>;
-    /// Sessions unexpired at `now`.
-    fn sessions(&self, now: i64) -> Result<Vec<crate::broker::SessionInfo>, StoreError>;
-}
-
-/// What [`Store::open_pending`] did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Opened {
-    Inserted,
-    /// A pending request with the same digest already exists.
-    Existing(Box<ApprovalRequest>),
-    /// The agent already has this many pending requests.
-    Full(usize),
-}
 
 /// The default store: one SQLite file in the state directory (0600, rollback journal,
 /// synchronous=FULL: a change is on disk before the call returns).
@@ -115,13 +38,13 @@ CREATE TABLE IF NOT EXISTS sessions (request_id TEXT PRIMARY KEY, expires_at INT
 impl SqliteStore {
     /// Opens (creating with mode 0600 if absent) the store file.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let db = |source| StoreError::Db {
+        let db = |source: rusqlite::Error| StoreError::Db {
             path: path.to_owned(),
-            source,
+            source: source.into(),
         };
         // Whoever can write the store can forge approvals: trust it like the signing key.
         if path.exists() {
-            crate::trust::trusted_file(path, "approval store").map_err(StoreError::Untrusted)?;
+            crate::os::trusted_file(path, "approval store").map_err(StoreError::Untrusted)?;
         } else {
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
@@ -160,7 +83,7 @@ impl SqliteStore {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         f(&conn).map_err(|source| StoreError::Db {
             path: self.path.clone(),
-            source,
+            source: source.into(),
         })
     }
 }
@@ -201,10 +124,10 @@ fn encode<T: serde::Serialize>(v: &T) -> String {
 
 fn stage_name(r: &ApprovalRequest) -> &'static str {
     match r.stage {
-        super::Stage::Pending => "pending",
-        super::Stage::Approved { .. } => "approved",
-        super::Stage::Rejected { .. } => "rejected",
-        super::Stage::Redeemed { .. } => "redeemed",
+        Stage::Pending => "pending",
+        Stage::Approved { .. } => "approved",
+        Stage::Rejected { .. } => "rejected",
+        Stage::Redeemed { .. } => "redeemed",
     }
 }
 
@@ -386,7 +309,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn put_session(&self, s: &crate::broker::SessionInfo, now: i64) -> Result<(), StoreError> {
+    fn put_session(&self, s: &SessionInfo, now: i64) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])?;
             c.execute(
@@ -398,7 +321,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn sessions(&self, now: i64) -> Result<Vec<crate::broker::SessionInfo>, StoreError> {
+    fn sessions(&self, now: i64) -> Result<Vec<SessionInfo>, StoreError> {
         self.rows(
             "SELECT data FROM sessions WHERE expires_at > ?1 ORDER BY expires_at",
             params![now],

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -120,7 +119,7 @@ impl Tokens {
 /// Reads and hashes a token file. Symlinks are followed (Kubernetes Secret volumes are made of
 /// them) but the file and every directory on the way must be safe (`trust::trusted_file`).
 fn read_token(path: &PathBuf) -> Result<[u8; 32], String> {
-    crate::trust::trusted_file(path, "token file")?;
+    crate::os::trusted_file(path, "token file")?;
     let bytes = std::fs::read(path).map_err(|e| format!("token file {}: {e}", path.display()))?;
     if bytes.ends_with(b"\n") || bytes.ends_with(b"\r") {
         return Err(format!(
@@ -136,22 +135,6 @@ fn read_token(path: &PathBuf) -> Result<[u8; 32], String> {
     }
     Ok(token_hash(&bytes))
 }
-
-/// Refuses any listen address that is not loopback.
-pub fn check_listen(addr: &str) -> Result<SocketAddr, String> {
-    let sa: SocketAddr = addr
-        .parse()
-        .map_err(|_| format!("{addr:?} is not an address like \"127.0.0.1:9911\""))?;
-    let exact = matches!(sa.ip(), std::net::IpAddr::V4(ip) if ip == std::net::Ipv4Addr::LOCALHOST)
-        || matches!(sa.ip(), std::net::IpAddr::V6(ip) if ip == std::net::Ipv6Addr::LOCALHOST);
-    if !exact {
-        return Err(format!(
-            "{addr} is not 127.0.0.1 or [::1]: the credentials endpoint listens on loopback only (share the agent's network namespace instead)"
-        ));
-    }
-    Ok(sa)
-}
-
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
@@ -668,21 +651,5 @@ mod tests {
         assert_eq!(tokens.agent_for(t.as_bytes()).as_deref(), Some("a"));
         assert_eq!(tokens.agent_for(b"nope"), None);
         assert!(!format!("{:?}", tokens.inner.read().unwrap()).contains(&t));
-    }
-
-    #[test]
-    fn only_loopback_listeners() {
-        assert!(check_listen("127.0.0.1:9911").is_ok());
-        assert!(check_listen("[::1]:9911").is_ok());
-        assert!(check_listen("0.0.0.0:9911").is_err());
-        assert!(check_listen("10.0.0.5:9911").is_err());
-        assert!(
-            check_listen("localhost:9911").is_err(),
-            "names are not resolved"
-        );
-        assert!(
-            check_listen("127.0.0.2:9911").is_err(),
-            "exactly the addresses Host may name"
-        );
     }
 }

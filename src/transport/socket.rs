@@ -52,10 +52,10 @@ pub fn bind(socket: &Path) -> Result<UnixListener, ListenError> {
         dir: dir.display().to_string(),
         reason,
     };
-    crate::trust::create_private_dir(dir).map_err(dir_err)?;
+    crate::os::create_private_dir(dir).map_err(dir_err)?;
     let meta = std::fs::metadata(dir).map_err(|e| dir_err(e.to_string()))?;
     // The directory must be ours (or root's) and private.
-    let me = effective_uid();
+    let me = crate::os::effective_uid();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(dir_err(format!(
             "owned by uid {}, not by the daemon's uid {me}",
@@ -82,13 +82,6 @@ pub fn bind(socket: &Path) -> Result<UnixListener, ListenError> {
         }
     })?;
     Ok(listener)
-}
-
-/// This process's effective uid: the owner of `/proc/self` (no `unsafe` libc call needed).
-pub fn effective_uid() -> u32 {
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX)
 }
 
 /// Connection slots: a total, a per-uid cap, and a reserve only approvers' uids may use.

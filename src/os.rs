@@ -6,6 +6,13 @@ use std::path::Path;
 
 const STICKY: u32 = 0o1000;
 
+/// This process's effective uid: the owner of `/proc/self` (no `unsafe` libc call needed).
+pub fn effective_uid() -> u32 {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
+}
+
 fn dir_is_safe(dir: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mode = meta.permissions().mode();
@@ -15,7 +22,7 @@ fn dir_is_safe(dir: &Path) -> Result<(), String> {
             dir.display()
         ));
     }
-    let me = crate::server::effective_uid();
+    let me = crate::os::effective_uid();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(format!("{} belongs to uid {}", dir.display(), meta.uid()));
     }
@@ -36,7 +43,7 @@ fn safe_regular_file(path: &Path, what: &str) -> Result<std::path::PathBuf, Stri
             "{what} {shown} is writable by group or others; run chmod go-w on it"
         ));
     }
-    let me = crate::server::effective_uid();
+    let me = crate::os::effective_uid();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(format!(
             "{what} {shown} belongs to uid {}; it must belong to root or to the daemon's user (uid {me})",
