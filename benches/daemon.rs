@@ -2,8 +2,10 @@
 //! that scripts/test creates: moto, boto3).
 //!
 //! * `mandate credential-process` on a warm cache, a new process per run (what the AWS CLI pays
-//!   before every command), beside `/bin/true` and beside a plain boto3 script that calls
-//!   AssumeRole itself;
+//!   before every command), beside `/bin/true`, beside the same request answered by the full
+//!   program (`mandate-broker credential-process`, what every run cost before the small front
+//!   binary) and beside a plain boto3 script that calls AssumeRole itself; runs interleaved,
+//!   with page faults per run and, when valgrind is installed, instructions per run;
 //! * warm requests per second over the socket, in-process clients;
 //! * the daemon's resident memory when idle;
 //! * audit bytes per 10,000 cached deliveries with 1 KiB reasons, one record per delivery
@@ -30,22 +32,58 @@ fn ms(d: Duration) -> String {
 }
 
 fn time_runs(n: usize, mut make: impl FnMut() -> Command) -> Vec<Duration> {
-    let mut v: Vec<Duration> = (0..n)
-        .map(|_| {
-            let mut c = make();
-            let t = Instant::now();
-            let out = c.output().unwrap();
-            let e = t.elapsed();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            e
-        })
-        .collect();
+    let mut v: Vec<Duration> = (0..n).map(|_| time_one(&mut make()).0).collect();
     v.sort();
     v
+}
+
+fn time_one(c: &mut Command) -> (Duration, std::process::Output) {
+    let t = Instant::now();
+    let out = c.output().unwrap();
+    let e = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (e, out)
+}
+
+/// Minor page faults of every child this process has waited for (`cminflt`, /proc/self/stat).
+fn children_minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // After "pid (comm) ": state ppid pgrp session tty_nr tpgid flags minflt cminflt ...
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[8].parse().unwrap()
+}
+
+/// Instructions one run executes in user space (the dynamic loader included), counted by
+/// valgrind's callgrind: repeatable whatever else the machine is doing. `None` without valgrind.
+fn instructions_of(c: Command) -> Option<u64> {
+    let program = c.get_program().to_owned();
+    let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
+    let envs: Vec<_> = c
+        .get_envs()
+        .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
+        .collect();
+    let mut v = Command::new("valgrind");
+    clean_env(&mut v);
+    for (k, val) in envs {
+        match val {
+            Some(val) => v.env(k, val),
+            None => v.env_remove(k),
+        };
+    }
+    let out = v
+        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(program)
+        .args(args)
+        .output()
+        .ok()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find_map(|l| l.split("Collected : ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -112,18 +150,51 @@ fn main() {
         token_file.display()
     );
     let d = Daemon::start(&config_text(&moto.endpoint(), &extra));
-    let cp = || {
-        let mut c = Command::new(MANDATE);
+    let cp = |program: &str| {
+        let mut c = Command::new(program);
         clean_env(&mut c);
         c.arg("--config")
             .arg(&d.config)
             .args(["credential-process", "readonly"]);
         c
     };
-    time_runs(20, cp); // warm the cache and the page cache
+    let full = env!("CARGO_BIN_EXE_mandate-broker");
+    // Warm the cache and the page cache.
+    time_runs(20, || cp(MANDATE));
+    time_runs(20, || cp(full));
     let runs = 1000;
-    let truth = time_runs(runs, || Command::new("/bin/true"));
-    let mandate = time_runs(runs, cp);
+    // Interleaved, so a drift in the machine's speed hits every row alike.
+    let mut rows: [(&str, Vec<Duration>, Vec<u64>); 3] = [
+        ("`/bin/true`", vec![], vec![]),
+        ("`mandate credential-process readonly`", vec![], vec![]),
+        (
+            "`mandate-broker credential-process readonly` (the full program: before)",
+            vec![],
+            vec![],
+        ),
+    ];
+    for _ in 0..runs {
+        for (i, row) in rows.iter_mut().enumerate() {
+            let mut c = match i {
+                0 => Command::new("/bin/true"),
+                1 => cp(MANDATE),
+                _ => cp(full),
+            };
+            let faults = children_minor_faults();
+            let (e, _) = time_one(&mut c);
+            row.1.push(e);
+            row.2.push(children_minor_faults() - faults);
+        }
+    }
+    for row in &mut rows {
+        row.1.sort();
+        row.2.sort();
+    }
+    let instructions = [
+        instructions_of(Command::new("/bin/true")),
+        instructions_of(cp(MANDATE)),
+        instructions_of(cp(full)),
+    ];
 
     let script = "import boto3, sys\n\
         sts = boto3.client('sts', endpoint_url=sys.argv[1], aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\n\
@@ -134,23 +205,31 @@ fn main() {
         c
     });
 
-    println!("## credential_process, warm cache ({runs} runs each; boto3: 50 runs)\n");
-    println!("| command | median | p99 | max |");
-    println!("|---|---|---|---|");
-    for (name, v) in [
-        ("`/bin/true`", &truth),
-        ("`mandate credential-process readonly`", &mandate),
-        ("python + boto3 AssumeRole (moto)", &boto),
-    ] {
+    println!("## credential_process, warm cache ({runs} runs each, interleaved; boto3: 50 runs)\n");
+    println!("| command | median | p99 | max | page faults (median) | instructions |");
+    println!("|---|---|---|---|---|---|");
+    for ((name, v, faults), ins) in rows.iter().zip(&instructions) {
         println!(
-            "| {name} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} |",
             ms(percentile(v, 0.5)),
             ms(percentile(v, 0.99)),
-            ms(*v.last().unwrap())
+            ms(*v.last().unwrap()),
+            faults[faults.len() / 2],
+            ins.map_or("(no valgrind)".to_owned(), |n| n.to_string()),
         );
     }
-    let ratio = percentile(&mandate, 0.5).as_secs_f64() / percentile(&truth, 0.5).as_secs_f64();
-    println!("\nmedian ratio mandate / true: {ratio:.2}x\n");
+    println!(
+        "| python + boto3 AssumeRole (moto) | {} | {} | {} | | |",
+        ms(percentile(&boto, 0.5)),
+        ms(percentile(&boto, 0.99)),
+        ms(*boto.last().unwrap())
+    );
+    let median = |v: &[Duration]| percentile(v, 0.5).as_secs_f64();
+    println!(
+        "\nmedian ratio mandate / true: {:.2}x; full program / true: {:.2}x\n",
+        median(&rows[1].1) / median(&rows[0].1),
+        median(&rows[2].1) / median(&rows[0].1)
+    );
 
     println!("## warm requests over the socket (in-process clients, 3 s each)\n");
     println!("| clients | requests/s | p99 latency |");

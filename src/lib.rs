@@ -17,6 +17,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod diag;
+pub mod exit;
 pub mod notify;
 pub mod os;
 pub mod policy;

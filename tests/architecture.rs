@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("suggest", 0),
     ("clock", 0),
     ("os", 0),
+    ("exit", 0),
     ("catalog", 0),
     ("toml_walk", 1),
     // 2: the pure core: profiles, the policy compiler, approval rules, revocations, the audit

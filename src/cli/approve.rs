@@ -64,7 +64,7 @@ impl ScopeArgs {
 }
 
 fn fail(f: Failure) -> Exit {
-    eprintln!("mandate: {}", mandate::diag::terminal_line(&f.1));
+    eprintln!("{}", mandate::client::calls::failure_line(&f));
     f.0
 }
 

@@ -5,76 +5,13 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mandate::client::{self, ClientError};
-use mandate::config;
+pub use mandate::client::calls::{Failure, call, call_raw, ok};
 use mandate::protocol::{Request, Response, WireCredentials};
 
 use super::{Exit, print_bytes};
 
-/// The broker may take this long (STS retries included) before the CLI gives up.
-const CALL_TIMEOUT: Duration = Duration::from_secs(70);
-
-/// A failure to report: one line for stderr and the exit code.
-pub struct Failure(pub Exit, pub String);
-
 fn one_line(s: &str) -> String {
     mandate::diag::terminal_line(s)
-}
-
-/// Sends one request; only a transport failure is an error (the response may say `ok: false`).
-pub fn call_raw(config_flag: Option<&std::path::Path>, req: &Request) -> Result<Response, Failure> {
-    let path = config::locate(config_flag).map_err(|e| Failure(Exit::NotFound, e.to_string()))?;
-    let cfg = config::read(&path).map_err(|e| match e {
-        config::ConfigError::Invalid(d) => Failure(
-            Exit::Invalid,
-            format!(
-                "{} (run `mandate serve --config {}` to see every problem)",
-                d[0],
-                path.display()
-            ),
-        ),
-        other => Failure(Exit::NotFound, other.to_string()),
-    })?;
-    client::call(&cfg.socket, req, CALL_TIMEOUT).map_err(|e| match e {
-        ClientError::PermissionDenied(_) => Failure(Exit::Denied, e.to_string()),
-        ClientError::NotRunning(_) => {
-            let socket = std::path::absolute(&cfg.socket).unwrap_or(cfg.socket.clone());
-            let config = std::path::absolute(&path).unwrap_or(path.clone());
-            Failure(
-                Exit::Unavailable,
-                format!(
-                    "the mandate daemon is not running (no socket at {}); start it with `mandate --config {} serve`",
-                    socket.display(),
-                    config.display()
-                ),
-            )
-        }
-        _ => Failure(Exit::Unavailable, e.to_string()),
-    })
-}
-
-/// Sends one request; a refusal or failure becomes the one line to print and the exit code.
-pub fn call(config_flag: Option<&std::path::Path>, req: &Request) -> Result<Response, Failure> {
-    ok(call_raw(config_flag, req)?)
-}
-
-fn ok(resp: Response) -> Result<Response, Failure> {
-    if resp.ok {
-        return Ok(resp);
-    }
-    let err = resp.error.unwrap_or_else(|| mandate::protocol::WireError {
-        code: "error".into(),
-        message: "unknown error".into(),
-    });
-    let exit = if err.code == "unknown_profile" {
-        // A named profile that does not exist (README: exit code 4).
-        Exit::NotFound
-    } else if mandate::broker::DenyCode::is_refusal_code(&err.code) {
-        Exit::Denied
-    } else {
-        Exit::Unavailable
-    };
-    Err(Failure(exit, err.message))
 }
 
 fn credentials(
@@ -106,7 +43,7 @@ fn take_credentials(mut resp: Response) -> Result<(Response, WireCredentials), F
 }
 
 fn fail(f: Failure) -> Exit {
-    eprintln!("mandate: {}", one_line(&f.1));
+    eprintln!("{}", mandate::client::calls::failure_line(&f));
     f.0
 }
 
@@ -116,17 +53,8 @@ pub fn credential_process(
     profile: String,
     agent: Option<String>,
 ) -> Exit {
-    match credentials(config_flag.as_deref(), profile, agent, None, None) {
-        Ok((_, c)) => {
-            let body = serde_json::json!({
-                "Version": 1,
-                "AccessKeyId": c.access_key_id,
-                "SecretAccessKey": c.secret_access_key.expose(),
-                "SessionToken": c.session_token.expose(),
-                "Expiration": c.expiration,
-            });
-            print_bytes(format!("{body}\n").as_bytes())
-        }
+    match mandate::client::calls::credential_process(config_flag.as_deref(), profile, agent) {
+        Ok(line) => print_bytes(&line),
         Err(f) => fail(f),
     }
 }

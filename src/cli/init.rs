@@ -176,7 +176,7 @@ pub fn run(a: InitArgs) -> Exit {
         },
         Err(e) => return super::config_error(&e),
     };
-    let exe = std::env::current_exe()
+    let exe = mandate::client::front::front_program()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "mandate".into());
     let mut out = format!(

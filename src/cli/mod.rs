@@ -1,16 +1,6 @@
-//! Command-line interface. This is the only place that prints or picks exit codes.
-//!
-//! Exit codes (also in README.md):
-//!
-//! | code | meaning |
-//! |---|---|
-//! | 0 | success |
-//! | 1 | internal error (a bug: please report it) |
-//! | 2 | usage error (bad flags or arguments) |
-//! | 3 | invalid input: a profile (or config) failed validation |
-//! | 4 | not found or unreadable: a named profile, config or path does not exist |
-//! | 5 | refused: the broker denied the request (unknown caller, profile not bound, approval needed) |
-//! | 6 | unavailable: the daemon is not running, or it cannot reach AWS or write its audit log |
+//! Command-line interface of the full program (`mandate-broker`; `mandate` runs it for every
+//! command but `credential-process`). This is the only place that prints or picks exit codes
+//! ([`mandate::exit::Exit`], the table in README.md).
 
 mod agent;
 mod approve;
@@ -21,29 +11,11 @@ mod init;
 mod profiles;
 mod serve;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-
-/// Exit codes; see the module docs and README.md.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    Ok = 0,
-    Internal = 1,
-    Usage = 2,
-    Invalid = 3,
-    NotFound = 4,
-    Denied = 5,
-    Unavailable = 6,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(e: Exit) -> ExitCode {
-        ExitCode::from(e as u8)
-    }
-}
+pub use mandate::exit::Exit;
 
 const ABOUT: &str = "A least-privilege credential broker for AI agents on AWS";
 const LONG_ABOUT: &str = "\
@@ -438,15 +410,7 @@ pub(crate) fn print_json(v: &serde_json::Value, pretty: bool) -> Exit {
 
 /// Writes to stdout; a closed pipe (`mandate ... | head`) is not an error worth a panic.
 pub(crate) fn print_bytes(bytes: &[u8]) -> Exit {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        Ok(()) => Exit::Ok,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Ok,
-        Err(e) => {
-            eprintln!("error: cannot write to stdout: {e}");
-            Exit::Internal
-        }
-    }
+    mandate::exit::print(bytes)
 }
 
 #[cfg(test)]

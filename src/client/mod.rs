@@ -1,5 +1,14 @@
 //! What the CLI uses to talk to the daemon: blocking std I/O, no async runtime, so
 //! `credential-process` costs little more than a process start.
+//!
+//! * this file: one request over the socket, with a short retry when the daemon is busy;
+//! * [`calls`]: a request from the CLI's point of view (find the config, call, turn a refusal
+//!   or an outage into one line and an exit code), shared by both binaries;
+//! * [`front`]: what the small `mandate` binary answers itself (`credential-process`) and
+//!   where the full program is for everything else.
+
+pub mod calls;
+pub mod front;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
