@@ -42,10 +42,7 @@ fn open_up(d: &Daemon) -> std::path::PathBuf {
     }
     std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
     std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let bin = d.dir.path().join("mandate-client");
-    std::fs::copy(env!("CARGO_BIN_EXE_mandate"), &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
+    install_binaries(d.dir.path())
 }
 
 /// `mandate ARGS` as another uid.

@@ -257,6 +257,91 @@ fn credential_process_output_has_the_documented_shape() {
 }
 
 #[test]
+fn the_small_front_answers_credential_process_alone_and_says_when_the_full_program_is_missing() {
+    let moto = Moto::start();
+    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let dir = tempfile::tempdir().unwrap();
+    let front = dir.path().join("mandate");
+    std::fs::copy(MANDATE, &front).unwrap();
+    let run = |args: &[&str]| {
+        let mut c = Command::new(&front);
+        clean_env(&mut c);
+        c.arg("--config")
+            .arg(&d.config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // No mandate-broker beside it: credential-process still works (the front answers it).
+    let out = run(&["credential-process", "readonly"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["Version"], 1);
+    // Anything else needs the full program, and says where it should be.
+    for args in [&["status"][..], &["credential-process", "--help"]] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(4), "{args:?}");
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "mandate: cannot run {}: No such file or directory (os error 2); mandate-broker must be installed in the same directory as mandate (`cargo install --path .` installs both)\n",
+                dir.path().join("mandate-broker").display()
+            )
+        );
+    }
+}
+
+#[test]
+fn the_front_and_the_full_program_answer_credential_process_alike() {
+    let moto = Moto::start();
+    let d = Daemon::start(&config_text(&moto.endpoint(), ""));
+    let stopped = tempfile::tempdir().unwrap();
+    let cfg = stopped.path().join("broker.toml");
+    std::fs::write(&cfg, "socket = \"nowhere.sock\"\n").unwrap();
+    let config = d.config.display().to_string();
+    let down = cfg.display().to_string();
+    let cases: &[&[&str]] = &[
+        &["--config", &config, "credential-process", "readonly"],
+        &["credential-process", "--config", &config, "no-such-profile"],
+        &[
+            "--config",
+            &config,
+            "credential-process",
+            "--agent",
+            "nobody",
+            "readonly",
+        ],
+        &["--config", &config, "credential-process", "admin"],
+        &["--config", &down, "credential-process", "readonly"],
+        &[
+            "--config=/nonexistent/broker.toml",
+            "credential-process",
+            "readonly",
+        ],
+        &["credential-process", "readonly"],
+    ];
+    for args in cases {
+        let run = |program: &str| {
+            let mut c = Command::new(program);
+            clean_env(&mut c);
+            c.args(*args).output().unwrap()
+        };
+        let (front, full) = (run(MANDATE), run(MANDATE_BROKER));
+        assert_eq!(front.status.code(), full.status.code(), "{args:?}");
+        assert_eq!(stderr(&front), stderr(&full), "{args:?}");
+        if front.status.success() {
+            // Two cached deliveries of the same session: the same bytes.
+            assert_eq!(stdout(&front), stdout(&full), "{args:?}");
+        } else {
+            assert!(
+                front.stdout.is_empty() && full.stdout.is_empty(),
+                "{args:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn two_hundred_concurrent_cold_requests_cause_exactly_one_assume_role() {
     let moto = Moto::start();
     let d = Daemon::start(&config_text(&moto.endpoint(), ""));
@@ -298,9 +383,7 @@ fn a_uid_not_bound_to_the_agent_is_refused_even_on_a_world_writable_socket() {
     }
     std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
     std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let bin = d.dir.path().join("mandate-client");
-    std::fs::copy(MANDATE, &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = install_binaries(d.dir.path());
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&bin)

@@ -9,7 +9,23 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const MANDATE: &str = env!("CARGO_BIN_EXE_mandate");
+/// The full program, which `mandate` runs (from its own directory) for all but credential-process.
+pub const MANDATE_BROKER: &str = env!("CARGO_BIN_EXE_mandate-broker");
 pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/agent-role";
+
+/// Copies both binaries into `dir/bin` (mode 0755, so that other uids can run them) and
+/// returns the path of `mandate` there.
+pub fn install_binaries(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (from, name) in [(MANDATE, "mandate"), (MANDATE_BROKER, "mandate-broker")] {
+        std::fs::copy(from, bin.join(name)).unwrap();
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin.join("mandate")
+}
 
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
