@@ -872,6 +872,19 @@ fn init_writes_a_config_that_serve_accepts() {
     assert!(stdout(&again).contains("exists (kept; --force rewrites it)"));
     assert!(stdout(&again).contains("uses the checkpoint signing key"));
     assert_eq!(std::fs::read(&cfg).unwrap(), before);
+    // Issue 17 point 9: the ~/.aws/config lines again, on every run, naming the small front
+    // binary (`credential-process` costs a process start), not the full program.
+    let first_snippet = &text[text.find("\nAdd to ~/.aws/config").unwrap()..];
+    let again_text = stdout(&again);
+    assert_eq!(
+        &again_text[again_text.find("\nAdd to ~/.aws/config").unwrap()..],
+        first_snippet,
+        "{again_text}"
+    );
+    assert!(
+        first_snippet.contains(&format!("credential_process = {MANDATE} --config")),
+        "{first_snippet}"
+    );
     // The written config is valid: point it at moto and serve it.
     let written = std::fs::read_to_string(&cfg).unwrap().replace(
         "# endpoint_url = \"http://127.0.0.1:5055\"",

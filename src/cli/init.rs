@@ -44,8 +44,9 @@ pub fn run(a: InitArgs) -> Exit {
             Ok(c) => match prepare_state(&c) {
                 Ok(msg) => print_bytes(
                     format!(
-                        "{} exists (kept; --force rewrites it)\n{msg}",
-                        target.display()
+                        "{} exists (kept; --force rewrites it)\n{msg}{}",
+                        target.display(),
+                        existing_snippet(&c, &target)
                     )
                     .as_bytes(),
                 ),
@@ -176,25 +177,51 @@ pub fn run(a: InitArgs) -> Exit {
         },
         Err(e) => return super::config_error(&e),
     };
+    let out = format!(
+        "wrote {}\n{state_msg}{}",
+        target.display(),
+        aws_config_snippet(&target, &a.region, &names)
+    );
+    print_bytes(out.as_bytes())
+}
+
+/// What to add to ~/.aws/config for these profiles, and how to start the daemon.
+fn aws_config_snippet(target: &Path, region: &str, names: &[String]) -> String {
     let exe = mandate::client::front::front_program()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "mandate".into());
-    let mut out = format!(
-        "wrote {}\n{state_msg}\nAdd to ~/.aws/config (one AWS profile per mandate profile):\n",
-        target.display()
-    );
-    for n in &names {
+    let mut out = "\nAdd to ~/.aws/config (one AWS profile per mandate profile):\n".to_owned();
+    for n in names {
         out.push_str(&format!(
-            "\n[profile mandate-{n}]\ncredential_process = {exe} --config {} credential-process {n}\nregion = {}\n",
+            "\n[profile mandate-{n}]\ncredential_process = {exe} --config {} credential-process {n}\nregion = {region}\n",
             target.display(),
-            a.region
         ));
     }
     out.push_str(&format!(
         "\nThen: mandate --config {} serve\n",
         target.display()
     ));
-    print_bytes(out.as_bytes())
+    out
+}
+
+/// The snippet for a config that already exists: the profiles of the agents this uid runs as
+/// (the ones `credential_process` can use), or why there are none.
+fn existing_snippet(c: &mandate::config::Config, target: &Path) -> String {
+    let uid = mandate::os::effective_uid();
+    let names: BTreeSet<String> = c
+        .agents
+        .values()
+        .filter(|a| a.uids.contains(&uid))
+        .flat_map(|a| a.profiles.iter().map(|p| p.as_str().to_owned()))
+        .collect();
+    if names.is_empty() {
+        return format!(
+            "\nNo agent in {} runs as uid {uid}, so no credential_process line applies to you; add one with `mandate --config {} agent add NAME --profiles ...` (agents of the HTTP endpoint use their token instead)\n",
+            target.display(),
+            target.display()
+        );
+    }
+    aws_config_snippet(target, &c.region, &names.into_iter().collect::<Vec<_>>())
 }
 
 /// Creates the state directory and the audit directory (0700) and the checkpoint signing key
