@@ -720,3 +720,110 @@ fn unreviewed_services_fail_closed_under_wildcards() {
         "usable (named exactly, unreviewed)"
     );
 }
+
+/// Issue 17 point 9: completions offer profile names (from the config's profiles_dir) where a
+/// command takes a profile, and only there. bash is run for real; the zsh and fish scripts are
+/// checked for their hook (neither shell is installed here).
+#[test]
+fn completions_offer_profile_names_where_a_command_takes_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("mandate.bash");
+    std::fs::write(&script, run(root, &["completions", "bash"]).stdout).unwrap();
+    let cfg = tmp.path().join("broker.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[broker]\nstate_dir = \"state\"\nsocket = \"run/m.sock\"\nprofiles_dir = {:?}\nregion = \"us-east-1\"\n[roles.sandbox]\narn = \"arn:aws:iam::123456789012:role/a\"\n[roles.deployer]\narn = \"arn:aws:iam::123456789012:role/a\"\n[roles.admin]\narn = \"arn:aws:iam::123456789012:role/a\"\n",
+            root.join("profiles").display().to_string()
+        ),
+    )
+    .unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_mandate")).parent().unwrap();
+    let complete = |line: &str| -> String {
+        let words: Vec<&str> = line.split(' ').collect();
+        let body = format!(
+            "source {}\nCOMP_WORDS=({})\nCOMP_CWORD={}\nCOMP_LINE={line:?}\nCOMP_POINT=${{#COMP_LINE}}\n_mandate_profiles mandate\nprintf '%s\\n' \"${{COMPREPLY[@]}}\" | sort\n",
+            script.display(),
+            words
+                .iter()
+                .map(|w| format!("{w:?}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            words.len() - 1
+        );
+        let out = std::process::Command::new("bash")
+            .args(["--norc", "--noprofile", "-c", &body])
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("MANDATE_CONFIG", &cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let all = "breakglass-admin\ndeploy-staging\nreadonly\ns3-data";
+    for (line, want) in [
+        ("mandate credential-process ", all),
+        ("mandate request re", "readonly"),
+        ("mandate exec s", "s3-data"),
+        ("mandate env --agent bot d", "deploy-staging"),
+        ("mandate profiles show ", all),
+        ("mandate profiles explain b", "breakglass-admin"),
+    ] {
+        assert_eq!(complete(line), want, "{line:?}");
+    }
+    // Elsewhere, clap's own completion: subcommands and flags, never profile names.
+    for line in [
+        "mandate ",
+        "mandate status ",
+        "mandate credential-process readonly ",
+    ] {
+        let got = complete(line);
+        assert!(!got.contains("s3-data"), "{line:?}: {got}");
+    }
+    assert!(complete("mandate pro").contains("profiles"));
+    // --config on the line is the config the names come from.
+    let empty = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&cfg).unwrap().replace(
+            &format!("{:?}", root.join("profiles").display().to_string()),
+            &format!("{:?}", empty.path().display().to_string()),
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        complete(&format!(
+            "mandate --config {} credential-process ",
+            other.display()
+        )),
+        ""
+    );
+
+    let zsh = String::from_utf8_lossy(&run(root, &["completions", "zsh"]).stdout).into_owned();
+    assert!(
+        zsh.starts_with("#compdef mandate\n\n_mandate_profiles() {"),
+        "{}",
+        &zsh[..200]
+    );
+    assert_eq!(
+        zsh.matches(":_mandate_profiles'").count(),
+        6,
+        "credential-process, request, env, exec, show, explain"
+    );
+    assert!(!zsh.contains("Profile name:_default'"));
+    let fish = String::from_utf8_lossy(&run(root, &["completions", "fish"]).stdout).into_owned();
+    assert_eq!(
+        fish.matches("-a \"(mandate __profiles 2>/dev/null)\"")
+            .count(),
+        2
+    );
+}

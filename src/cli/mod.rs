@@ -5,6 +5,7 @@
 mod agent;
 mod approve;
 mod audit;
+mod completions;
 mod config_cmd;
 mod creds;
 mod init;
@@ -238,6 +239,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// The profile names of the config's profiles_dir, one per line (for shell completion)
+    #[command(name = "__profiles", hide = true)]
+    ProfileNames,
 }
 
 /// Where profiles live unless `--profiles` says otherwise.
@@ -344,15 +348,8 @@ pub fn main() -> ExitCode {
         Command::Audit(cmd) => audit::run(config, cmd),
         Command::Profiles(cmd) => profiles::run(config, cmd),
         Command::Config(cmd) => config_cmd::run(config, cmd),
-        Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "mandate",
-                &mut std::io::stdout(),
-            );
-            Exit::Ok
-        }
+        Command::Completions { shell } => completions::run(shell),
+        Command::ProfileNames => completions::profile_names(config),
         Command::Man { dir: Some(dir) } => match clap_mangen::generate_to(Cli::command(), &dir) {
             Ok(()) => print_bytes(format!("wrote the man pages to {}\n", dir.display()).as_bytes()),
             Err(e) => {
