@@ -4,7 +4,10 @@
 use std::sync::atomic::AtomicI64;
 
 use super::*;
-use crate::aws::BoxFuture;
+use crate::approval::{ApprovalId, ApprovalRequest, Binding};
+use crate::aws::{BoxFuture, IamError, Revoker};
+use crate::notify::Notifier;
+use crate::revoke::Scope;
 use crate::store::SqliteStore;
 
 const T0: i64 = 1_795_000_000;

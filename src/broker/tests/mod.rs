@@ -2,7 +2,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
+use crate::approval::Requirement;
+use crate::audit::{Kind, Record};
+use crate::aws::{AssumeRoleInput, Credentials, StsError};
+use crate::clock;
 use crate::config;
+use crate::config::CachePolicy;
 use crate::secret::Secret;
 
 struct FakeIssuer {

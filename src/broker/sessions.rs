@@ -1,0 +1,66 @@
+//! The live-session index: every unexpired session issued, in memory for `status` and
+//! `revoke --session`, and in the store so that it (and the live-session cap) survives a
+//! restart.
+
+use super::Broker;
+use crate::aws::Issuer;
+use crate::clock;
+use crate::store::{SessionInfo, Store, StoreError};
+
+/// Sessions kept in memory at most (expired ones are dropped first).
+const MAX_INDEXED: usize = 100_000;
+
+/// The live sessions in the store at `now`.
+pub(super) fn load(store: &dyn Store, now: i64) -> Result<Vec<SessionInfo>, StoreError> {
+    // `expires_at` is not in the stored JSON's serialized form; it comes back from the
+    // expiration text.
+    Ok(store
+        .sessions(now)?
+        .into_iter()
+        .map(|mut s| {
+            s.expires_at = clock::parse_rfc3339_millis(&s.expiration).map_or(0, |ms| ms / 1000);
+            s
+        })
+        .collect())
+}
+
+impl<I: Issuer> Broker<I> {
+    /// Live (unexpired) sessions, optionally of one agent.
+    pub fn sessions(&self, agent: Option<&str>) -> Vec<SessionInfo> {
+        let now = clock::unix_now();
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        s.retain(|x| x.expires_at > now);
+        s.iter()
+            .filter(|x| agent.is_none_or(|a| x.agent == a))
+            .cloned()
+            .collect()
+    }
+
+    /// Adds a session just issued to the index, in memory and in the store. A store failure
+    /// does not withhold a session that is already audited: it is logged.
+    pub(super) async fn index_session(&self, info: SessionInfo) {
+        let request_id = info.request_id.clone();
+        {
+            let now = clock::unix_now();
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.retain(|s| s.expires_at > now);
+            if sessions.len() < MAX_INDEXED {
+                sessions.push(info);
+            }
+        }
+        // The live-session index survives a restart (status, revoke --session).
+        let info = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|s| s.request_id == request_id)
+            .cloned();
+        if let Some(info) = info {
+            let now = clock::unix_now();
+            if let Err(e) = self.db(move |s| s.put_session(&info, now)).await {
+                tracing::warn!(error = %e, "could not record the session in the store");
+            }
+        }
+    }
+}
