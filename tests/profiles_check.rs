@@ -827,3 +827,123 @@ fn completions_offer_profile_names_where_a_command_takes_one() {
         2
     );
 }
+
+/// Issue 17 point 8: resources are checked against the resource types of the actions (the
+/// Service Authorization Reference's ARN patterns): `check` warns where a block grants an action
+/// nothing, and `explain` marks it. Exact messages, table-driven.
+#[test]
+fn resources_an_action_cannot_take_are_warned_about_and_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "object-with-region",
+            "actions = [\"s3:GetObject\"]\nresources = [\"arn:aws:s3:us-east-1::team-data/*\"]\n",
+            &[
+                "object-with-region.toml:6:12: warning: allow[0].actions[0]: \"s3:GetObject\" can act on none of this block's resources (it takes arn:${Partition}:s3:${Region}:${Account}:accesspoint/${AccessPointName}/object/${ObjectName}, arn:${Partition}:s3:::${BucketName}/${ObjectName}), so the block grants it nothing",
+                "object-with-region.toml:7:14: warning: allow[0].resources[0]: \"arn:aws:s3:us-east-1::team-data/*\" names nothing the block's actions can act on (check its service, region, account and resource type against `mandate profiles explain`)",
+            ],
+        ),
+        (
+            "bucket-for-object",
+            "actions = [\"s3:GetObject\", \"s3:ListBucket\"]\nresources = [\"arn:aws:s3:::team-data\"]\n",
+            &[
+                "bucket-for-object.toml:6:12: warning: allow[0].actions[0]: \"s3:GetObject\" can act on none of this block's resources (it takes arn:${Partition}:s3:${Region}:${Account}:accesspoint/${AccessPointName}/object/${ObjectName}, arn:${Partition}:s3:::${BucketName}/${ObjectName}), so the block grants it nothing",
+            ],
+        ),
+        (
+            "star-only",
+            "actions = [\"sts:GetCallerIdentity\"]\nresources = [\"arn:aws:iam::123456789012:role/x\"]\n",
+            &[
+                "star-only.toml:6:12: warning: allow[0].actions[0]: \"sts:GetCallerIdentity\" can act on none of this block's resources (it takes only \"*\" (no resource-level permissions)), so the block grants it nothing",
+                "star-only.toml:7:14: warning: allow[0].resources[0]: \"arn:aws:iam::123456789012:role/x\" names nothing the block's actions can act on (check its service, region, account and resource type against `mandate profiles explain`)",
+            ],
+        ),
+        (
+            "other-service",
+            "actions = [\"dynamodb:Get*\"]\nresources = [\"arn:aws:s3:::team-data/*\"]\n",
+            &[
+                "other-service.toml:7:14: warning: allow[0].resources[0]: \"arn:aws:s3:::team-data/*\" names nothing the block's actions can act on (check its service, region, account and resource type against `mandate profiles explain`)",
+            ],
+        ),
+        // Fine: each action has some resource of the block that fits it.
+        (
+            "fits",
+            "actions = [\"s3:GetObject\", \"s3:ListBucket\"]\nresources = [\"arn:aws:s3:::team-data\", \"arn:aws:s3:::team-data/*\"]\n",
+            &[],
+        ),
+        (
+            "wildcards",
+            "actions = [\"dynamodb:Get*\", \"dynamodb:Query\"]\nresources = [\"arn:aws:dynamodb:*:*:table/orders\", \"arn:aws:dynamodb:*:*:table/orders/index/*\"]\n",
+            &[],
+        ),
+    ];
+    for (name, block, want) in cases {
+        let file = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&file, format!("{BASE}\n[[allow]]\n{block}")).unwrap();
+        let out = run(tmp.path(), &["profiles", "check", &format!("{name}.toml")]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: warnings never fail the check"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        let got: Vec<&str> = err.lines().filter(|l| l.contains("warning:")).collect();
+        assert_eq!(&got, want, "{name}");
+    }
+    // explain marks what the block grants nothing.
+    let out = run(
+        tmp.path(),
+        &[
+            "profiles",
+            "explain",
+            "--profiles",
+            ".",
+            "bucket-for-object",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let get = v["usable"]["Read"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["action"] == "s3:GetObject")
+        .unwrap();
+    assert_eq!(
+        get["unfit_resources"],
+        serde_json::json!(["arn:aws:s3:::team-data"])
+    );
+    let list = &v["usable"]["List"][0];
+    assert_eq!(list["action"], "s3:ListBucket");
+    assert_eq!(list["unfit_resources"], serde_json::json!([]));
+    let text = run(
+        tmp.path(),
+        &[
+            "profiles",
+            "explain",
+            "--profiles",
+            ".",
+            "bucket-for-object",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&text.stdout)
+            .contains("on arn:aws:s3:::team-data  [fits none of these resources: grants nothing]"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    // The shipped profiles draw no such warning.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run(root, &["profiles", "check", "profiles"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -3,9 +3,11 @@
 //
 //   cd scripts/catalog && npm ci && node generate.mjs
 //
-// Output: one line per action, `service:Action LEVEL`, sorted by service, then by the
-// lower-cased action name (the order the Rust catalog binary-searches in). LEVEL is one of
-// L (List), R (Read), W (Write), T (Tagging), P (Permissions management).
+// Output: one line per action, `service:Action LEVEL [TYPE,TYPE...]`, sorted by service, then by
+// the lower-cased action name (the order the Rust catalog binary-searches in). LEVEL is one of
+// L (List), R (Read), W (Write), T (Tagging), P (Permissions management); the TYPEs are the
+// resource types the action can be granted on (none: only "*"). And
+// src/catalog/iam-resource-types.txt: one line per resource type, `service:type ARN-PATTERN...`.
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +16,8 @@ const here = dirname(fileURLToPath(import.meta.url));
 const pkgDir = join(here, 'node_modules', '@cloud-copilot', 'iam-data');
 const pkg = JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8'));
 const dataDir = join(pkgDir, 'data', 'actions');
+const typesDir = join(pkgDir, 'data', 'resourceTypes');
+const typeLines = [];
 
 const LEVELS = {
   List: 'L',
@@ -38,7 +42,26 @@ for (const service of services) {
     const level = LEVELS[action.accessLevel];
     if (!level) throw new Error(`unknown access level ${JSON.stringify(action.accessLevel)} for ${service}:${action.name}`);
     if (!/^[A-Za-z0-9_-]+$/.test(action.name)) throw new Error(`unexpected action name ${service}:${action.name}`);
-    lines.push(`${service}:${action.name} ${level}`);
+    // Spaces in type names ("stream group") become '+', so a line splits on spaces.
+    const types = (action.resourceTypes || []).map((t) => t.name.toLowerCase().replace(/ /g, '+'));
+    for (const t of types) {
+      if (!/^[A-Za-z0-9_./+-]+$/.test(t)) throw new Error(`unexpected resource type ${service}:${t}`);
+    }
+    lines.push(`${service}:${action.name} ${level}` + (types.length ? ` ${types.join(',')}` : ''));
+  }
+  let types = {};
+  try {
+    types = JSON.parse(readFileSync(join(typesDir, `${service}.json`), 'utf8'));
+  } catch (e) {
+    if (e.code !== 'ENOENT') throw e;
+  }
+  for (const key of Object.keys(types).sort()) {
+    // Some types have several patterns, comma-separated.
+    const arns = types[key].arn.split(/,\s*/);
+    for (const arn of arns) {
+      if (!/^arn:\S+$/.test(arn)) throw new Error(`unexpected ARN pattern for ${service}:${key}: ${arn}`);
+    }
+    typeLines.push(`${service}:${key.toLowerCase().replace(/ /g, '+')} ${arns.join(' ')}`);
   }
 }
 
@@ -48,3 +71,6 @@ const header =
   `(MIT License, Copyright (c) 2024 Act Security; see docs/third-party.md). Do not edit.\n`;
 writeFileSync(out, header + lines.join('\n') + '\n');
 console.log(`wrote ${lines.length} actions from ${services.length} services to ${out}`);
+const typesOut = join(here, '..', '..', 'src', 'catalog', 'iam-resource-types.txt');
+writeFileSync(typesOut, header + typeLines.join('\n') + '\n');
+console.log(`wrote ${typeLines.length} resource types to ${typesOut}`);

@@ -9,6 +9,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::sync::OnceLock;
 
+pub mod resources;
 pub mod risk;
 
 pub use risk::{Risk, RiskClass};
@@ -71,6 +72,9 @@ pub struct Action {
     /// The action name with AWS's casing (`GetObject`).
     pub name: &'static str,
     pub level: AccessLevel,
+    /// The resource types it can be granted on, comma-separated (empty: only `"*"`); see
+    /// [`Action::arn_patterns`].
+    pub resource_types: &'static str,
 }
 
 impl Action {
@@ -136,9 +140,11 @@ impl Catalog {
             }
             // The table is generated and checked in; a malformed line is a build defect that the
             // unit tests catch, so it is skipped rather than turned into a runtime error path.
-            let Some((full, code)) = line.split_once(' ') else {
+            let mut fields = line.split(' ');
+            let (Some(full), Some(code)) = (fields.next(), fields.next()) else {
                 continue;
             };
+            let resource_types = fields.next().unwrap_or("");
             let Some((service, name)) = full.split_once(':') else {
                 continue;
             };
@@ -149,6 +155,7 @@ impl Catalog {
                 service,
                 name,
                 level,
+                resource_types,
             });
         }
         let mut services = Vec::new();

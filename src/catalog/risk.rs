@@ -421,6 +421,7 @@ mod tests {
             service: "x",
             name,
             level: AccessLevel::Write,
+            resource_types: "",
         };
         assert!(built_in(&a("RestoreDeletedThing"), true).is_none());
         assert!(built_in(&a("UpdateDeletionPolicy"), true).is_none());
@@ -529,6 +530,7 @@ mod tests {
             service: "x",
             name,
             level,
+            resource_types: "",
         };
         let actions = [
             act("DeleteIt", AccessLevel::Write),

@@ -340,6 +340,14 @@ fn explain_text(c: &CompiledProfile, e: &explain::Explanation) -> Exit {
                 notes.push(class_note.as_str());
             }
             let resources: Vec<&str> = u.resources.iter().map(String::as_str).collect();
+            let unfit_note;
+            if u.unfit_resources.len() == u.resources.len() {
+                notes.push("fits none of these resources: grants nothing");
+            } else if !u.unfit_resources.is_empty() {
+                let unfit: Vec<&str> = u.unfit_resources.iter().map(String::as_str).collect();
+                unfit_note = format!("cannot act on {}", unfit.join(", "));
+                notes.push(unfit_note.as_str());
+            }
             let notes = if notes.is_empty() {
                 String::new()
             } else {

@@ -13,6 +13,9 @@ pub struct Usable {
     pub action: &'static Action,
     /// Resources of the allow statements that grant it.
     pub resources: BTreeSet<String>,
+    /// Those of `resources` the action cannot act on (their ARNs fit none of its resource
+    /// types): the statement grants it nothing there.
+    pub unfit_resources: BTreeSet<String>,
     /// Granted only under a condition.
     pub conditional: bool,
     /// Some deny statement limits it to fewer resources or conditions.
@@ -73,6 +76,7 @@ impl Explanation {
                         serde_json::json!({
                             "action": u.action.full_name(),
                             "resources": u.resources,
+                            "unfit_resources": u.unfit_resources,
                             "conditional": u.conditional,
                             "partly_denied": u.partly_denied,
                             "destructive": u.action.is_destructive(),
@@ -166,12 +170,19 @@ pub fn explain(c: &CompiledProfile) -> Explanation {
             };
             classes.entry(class).or_default().push((action, fate));
         }
+        let resources: BTreeSet<String> = allows
+            .iter()
+            .flat_map(|s| s.resource.iter().map(str::to_owned))
+            .collect();
+        let unfit_resources = resources
+            .iter()
+            .filter(|r| !action.can_take(r))
+            .cloned()
+            .collect();
         usable.entry(action.level).or_default().push(Usable {
             action,
-            resources: allows
-                .iter()
-                .flat_map(|s| s.resource.iter().map(str::to_owned))
-                .collect(),
+            resources,
+            unfit_resources,
             conditional: allows.iter().all(|s| s.condition.is_some()),
             partly_denied: !denies.is_empty(),
         });

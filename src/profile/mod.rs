@@ -8,6 +8,7 @@ mod condition;
 mod destructive;
 mod load;
 mod parse;
+mod resources;
 mod rules;
 mod tags;
 mod top;

@@ -132,6 +132,8 @@ impl Parser<'_> {
         }
         let mut profile = profile;
         profile.warnings = self.destructive_rules(&profile, table, &destructive, destructive_span);
+        let resource_warnings = self.resource_rules(&profile, table);
+        profile.warnings.extend(resource_warnings);
         Some(profile)
     }
 
