@@ -269,7 +269,7 @@ fn hostile_socket_clients_are_bounded_and_legitimate_clients_are_still_served() 
     let out = d.mandate(&["credential-process", "readonly"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     eprintln!("RSS {before:.1} MiB -> {with_idle:.1} MiB with 10,000 idle connections");
-    // The stated bound: about 1 KiB per idle connection (src/server.rs); allow 3 KiB.
+    // The stated bound: about 1 KiB per idle connection (src/transport/socket.rs); allow 3 KiB.
     assert!(
         with_idle - before < 30.0,
         "10,000 idle connections grew RSS by {:.1} MiB",
