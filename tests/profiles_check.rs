@@ -753,6 +753,7 @@ fn completions_offer_profile_names_where_a_command_takes_one() {
             words.len() - 1
         );
         let out = std::process::Command::new("bash")
+            .current_dir(tmp.path())
             .args(["--norc", "--noprofile", "-c", &body])
             .env(
                 "PATH",
@@ -807,6 +808,43 @@ fn completions_offer_profile_names_where_a_command_takes_one() {
         )),
         ""
     );
+
+    // A file name is untrusted text: hostile names are neither run nor offered (review: bash's
+    // `compgen -W` would have expanded them), and `--config=FILE` is honoured too.
+    let hostile = tempfile::tempdir().unwrap();
+    for name in [
+        "readonly.toml",
+        "$(touch pwned-1).toml",
+        "`touch pwned-2`.toml",
+        "a b.toml",
+    ] {
+        std::fs::copy(
+            root.join("profiles/readonly.toml"),
+            hostile.path().join(name),
+        )
+        .unwrap();
+    }
+    let evil = tmp.path().join("evil.toml");
+    std::fs::write(
+        &evil,
+        std::fs::read_to_string(&cfg).unwrap().replace(
+            &format!("{:?}", root.join("profiles").display().to_string()),
+            &format!("{:?}", hostile.path().display().to_string()),
+        ),
+    )
+    .unwrap();
+    for line in [
+        format!("mandate --config {} credential-process ", evil.display()),
+        format!("mandate --config={} request ", evil.display()),
+    ] {
+        assert_eq!(complete(&line), "readonly", "{line}");
+    }
+    for marker in ["pwned-1", "pwned-2"] {
+        assert!(
+            !tmp.path().join(marker).exists(),
+            "a profile file name was run as a command"
+        );
+    }
 
     let zsh = String::from_utf8_lossy(&run(root, &["completions", "zsh"]).stdout).into_owned();
     assert!(

@@ -13,12 +13,14 @@ use super::{Cli, Exit, print_bytes};
 /// exec and profiles show/explain completes to profile names.
 const BASH: &str = r#"
 # Profile names where a command takes one (`mandate __profiles` reads the config's profiles_dir).
+# Names are read line by line, never expanded (no `compgen -W`): a file name is not code.
 _mandate_profiles() {
-    local cur="${COMP_WORDS[COMP_CWORD]}" i w sub="" sub2="" cfg=()
+    local cur="${COMP_WORDS[COMP_CWORD]}" i w n names sub="" sub2="" cfg=()
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
         case "$w" in
             --config) cfg=(--config "${COMP_WORDS[i+1]}"); ((i++)) ;;
+            --config=*) cfg=("$w") ;;
             --agent|--reason|--duration|--timeout|--approval|--profiles) ((i++)) ;;
             -*) ;;
             *) if [[ -z $sub ]]; then sub=$w; elif [[ -z $sub2 ]]; then sub2=$w; else sub2="$sub2 $w"; fi ;;
@@ -27,7 +29,11 @@ _mandate_profiles() {
     if [[ $cur != -* ]]; then
         case "$sub:$sub2" in
             credential-process:|request:|env:|exec:|profiles:show|profiles:explain)
-                COMPREPLY=( $(compgen -W "$(mandate "${cfg[@]}" __profiles 2>/dev/null)" -- "$cur") )
+                COMPREPLY=()
+                names=$(mandate "${cfg[@]}" __profiles 2>/dev/null)
+                while IFS= read -r n; do
+                    [[ -n $n && $n == "$cur"* ]] && COMPREPLY+=("$n")
+                done <<< "$names"
                 return 0 ;;
         esac
     fi
@@ -78,21 +84,24 @@ pub fn run(shell: Shell) -> Exit {
 }
 
 /// `mandate __profiles`: the profile names of the config's profiles_dir, one per line; nothing
-/// (and exit 0) when there is no config or the directory cannot be read: completion stays quiet.
+/// (and exit 0) without a config or when the directory cannot be read: completion stays quiet.
+/// Only valid profile names are printed (a file name is untrusted text: it must not reach a
+/// shell as anything but a word), and there is no fallback to `./profiles`, whose files may be
+/// anyone's.
 pub fn profile_names(config: Option<PathBuf>) -> Exit {
-    let dir = match mandate::config::locate(config.as_deref()) {
-        Ok(path) => match mandate::config::read(&path) {
-            Ok(c) => c.profiles_dir,
-            Err(_) => return Exit::Ok,
-        },
-        Err(_) => super::default_profiles_dir(),
+    let Ok(path) = mandate::config::locate(config.as_deref()) else {
+        return Exit::Ok;
     };
-    let Ok(files) = mandate::profile::discover(std::slice::from_ref(&dir)) else {
+    let Ok(c) = mandate::config::read(&path) else {
+        return Exit::Ok;
+    };
+    let Ok(files) = mandate::profile::discover(std::slice::from_ref(&c.profiles_dir)) else {
         return Exit::Ok;
     };
     let mut names: Vec<String> = files
         .iter()
         .filter_map(|f| f.file_stem().and_then(|s| s.to_str()).map(str::to_owned))
+        .filter(|n| mandate::profile::ProfileName::parse(n).is_ok())
         .collect();
     names.sort();
     names.dedup();
