@@ -238,7 +238,7 @@ fn the_devcontainer_kit_works_as_the_readme_shows() {
     };
 
     // The host-side commands, exactly as deploy/README.md shows them.
-    let setup = readme_block("Create the kit and the agent once, on the host");
+    let setup = readme_block("on the host, from the repository's root:");
     assert!(setup.contains("agent add agent"), "{setup}");
     let out = host(&setup);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -267,13 +267,20 @@ fn the_devcontainer_kit_works_as_the_readme_shows() {
         .to_string();
     let kit_s = kit.display().to_string();
     let home_s = home.path().display().to_string();
+    let workspace = root().display().to_string();
     let vars = [
+        ("MANDATE_WORKSPACE", workspace.as_str()),
         ("MANDATE_KIT", kit_s.as_str()),
         ("MANDATE_UID", uid.as_str()),
         ("MANDATE_GID", uid.as_str()),
         ("HOME", home_s.as_str()),
     ];
-    let docs = yaml(&deploy("devcontainer/compose.yaml"));
+    // The copy in the kit is what runs (the workspace's copy is the agent's to write).
+    let docs = yaml(&kit.join("compose.yaml"));
+    assert_eq!(
+        std::fs::read(kit.join("compose.yaml")).unwrap(),
+        std::fs::read(deploy("devcontainer/compose.yaml")).unwrap()
+    );
     let svc = |name: &str| docs[0]["services"][name].clone();
     let strings = |v: &serde_json::Value| -> Vec<String> {
         v.as_array()
@@ -290,17 +297,23 @@ fn the_devcontainer_kit_works_as_the_readme_shows() {
             .map(|(k, v)| (k.clone(), interpolate(v.as_str().unwrap(), &vars)))
             .collect()
     };
-    // The agent container sees the token at the printed path, read-only, and nothing else of
-    // the kit; the sidecar mounts the kit at the same path, read-only but for its state.
+    // The agent container sees the kit's secrets directory (the token) at the printed path,
+    // read-only, and nothing else of the kit; the sidecar mounts the kit at the same path,
+    // read-only but for its state, and nothing of the workspace, and is not built from it.
+    let secrets = kit.join("secrets").display().to_string();
     let agent_vols = strings(&svc("agent")["volumes"]);
     assert!(
-        agent_vols.contains(&format!("{0}:{0}:ro", token.display())),
+        agent_vols.contains(&format!("{secrets}:{secrets}:ro")),
+        "{agent_vols:?}"
+    );
+    assert!(
+        agent_vols.contains(&format!("{workspace}:/workspace:cached")),
         "{agent_vols:?}"
     );
     assert!(
         !agent_vols
             .iter()
-            .any(|v| v.starts_with(&kit_s) && !v.starts_with(&token.display().to_string())),
+            .any(|v| v.starts_with(&kit_s) && !v.starts_with(&secrets)),
         "{agent_vols:?}"
     );
     let side_vols = strings(&svc("mandate")["volumes"]);
@@ -312,6 +325,15 @@ fn the_devcontainer_kit_works_as_the_readme_shows() {
         side_vols.contains(&format!("{0}/state:{0}/state", kit_s)),
         "{side_vols:?}"
     );
+    assert!(
+        !side_vols.iter().any(|v| v.starts_with(&workspace)),
+        "{side_vols:?}"
+    );
+    assert!(
+        svc("mandate").get("build").is_none(),
+        "built from the workspace"
+    );
+    assert!(svc("mandate")["image"].is_string());
     // The kit is outside the workspace the agent can write.
     assert!(!kit.starts_with(root()));
 
