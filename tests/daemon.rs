@@ -1026,3 +1026,42 @@ fn one_config_check_everywhere() {
     }
     assert!(d.log().contains("but broker.socket changed"), "{}", d.log());
 }
+
+/// Review of issue 17 point 9: on an existing config, `init` prints lines that work as printed:
+/// with `--agent` when this uid runs as several agents, and with paths botocore splits right.
+#[test]
+fn init_on_an_existing_config_prints_lines_that_work_as_printed() {
+    let moto = Moto::start();
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    let d = Daemon::start(&config_text(
+        &moto.endpoint(),
+        &format!(
+            "\n[agents.codex]\nprofiles = [\"readonly\"]\nuids = [{uid}]\noperator = \"human\"\n"
+        ),
+    ));
+    let out = d.mandate(&["init"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("credential_process = "))
+        .collect();
+    assert!(text.contains("[profile mandate-codex-readonly]"), "{text}");
+    assert!(text.contains("[profile mandate-claude-s3-data]"), "{text}");
+    assert!(lines.iter().all(|l| l.contains(" --agent ")), "{lines:?}");
+    // Each line, split as botocore splits it (POSIX shell words), yields credentials.
+    for l in &lines {
+        let mut c = Command::new("sh");
+        clean_env(&mut c);
+        let out = c.args(["-c", l]).output().unwrap();
+        if l.ends_with(" deploy-staging") {
+            // Reached the daemon as the named agent: it asks for a human.
+            assert_eq!(out.status.code(), Some(5), "{l}: {}", stderr(&out));
+            assert!(stderr(&out).contains("needs approval"), "{}", stderr(&out));
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(0), "{l}: {}", stderr(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["Version"], 1);
+    }
+}

@@ -10,14 +10,22 @@ use super::Action;
 
 const TYPES: &str = include_str!("iam-resource-types.txt");
 
-/// `service:type` → its ARN patterns, space-separated.
-fn types() -> &'static HashMap<&'static str, &'static str> {
-    static TYPES_MAP: OnceLock<HashMap<&'static str, &'static str>> = OnceLock::new();
+/// Resources longer than this are not checked (no warning): real ARNs are far shorter, and the
+/// check is quadratic in the length.
+pub const MAX_CHECKED_RESOURCE: usize = 512;
+
+/// (service, type) → its ARN patterns, space-separated.
+fn types() -> &'static HashMap<(&'static str, &'static str), &'static str> {
+    static TYPES_MAP: OnceLock<HashMap<(&'static str, &'static str), &'static str>> =
+        OnceLock::new();
     TYPES_MAP.get_or_init(|| {
         TYPES
             .lines()
             .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.split_once(' '))
+            .filter_map(|l| {
+                let (key, patterns) = l.split_once(' ')?;
+                Some((key.split_once(':')?, patterns))
+            })
             .collect()
     })
 }
@@ -29,12 +37,7 @@ impl Action {
         self.resource_types
             .split(',')
             .filter(|t| !t.is_empty())
-            .filter_map(|t| {
-                // Conditions-only types ("aws:RequestTag/...") are not resources; skip unknowns.
-                types()
-                    .get(format!("{}:{t}", self.service).as_str())
-                    .copied()
-            })
+            .filter_map(|t| types().get(&(self.service, t)).copied())
             .flat_map(|p| p.split(' '))
             .collect()
     }
@@ -42,7 +45,7 @@ impl Action {
     /// Whether a statement naming `resource` can grant this action on something: `"*"` always,
     /// otherwise the resource must be able to name a resource of one of the action's types.
     pub fn can_take(&self, resource: &str) -> bool {
-        if resource == "*" {
+        if resource == "*" || resource.len() > MAX_CHECKED_RESOURCE {
             return true;
         }
         self.arn_patterns()
@@ -51,24 +54,55 @@ impl Action {
     }
 }
 
-/// Whether some ARN matches both `resource` (from a profile: `*` and `?` are wildcards) and
-/// `pattern` (from the reference: each `${Name}` stands for any text). Field by field for the
-/// partition, service, region and account (an empty field in the pattern must be empty in the
-/// resource: S3 object and bucket ARNs have no region or account), then the rest as two globs.
+/// Whether some ARN matches both `resource` (from a profile: `*` and `?` are wildcards, and
+/// `${aws:...}` policy variables stand for any text) and `pattern` (from the reference: each
+/// `${Name}` stands for any text). Field by field for the partition, service, region and
+/// account, then the rest as two globs. A field the pattern leaves empty must be empty (S3
+/// bucket and object ARNs have no region or account); a field that is only a placeholder takes
+/// anything, empty included (Multi-Region Access Points have no region). Conservative: `true`
+/// wherever it cannot tell, so a warning means no ARN could match.
 pub fn arn_may_match(resource: &str, pattern: &str) -> bool {
-    let r: Vec<&str> = resource.splitn(6, ':').collect();
-    let p: Vec<&str> = pattern.splitn(6, ':').collect();
+    if resource.len() > MAX_CHECKED_RESOURCE {
+        return true;
+    }
+    let r = arn_fields(resource);
+    let p = arn_fields(pattern);
     if r.len() < 6 || p.len() < 6 {
         // Not a full ARN on one side: only a wildcard can still reach it.
         return resource.contains('*') || p.len() < 6;
     }
     (0..6).all(|i| {
         let (rf, pf) = (glob(r[i]), glob(p[i]));
-        if i < 5 && pf.is_empty() != rf.is_empty() && !rf.contains(&Tok::Star) {
-            return false;
+        if i < 5 {
+            if pf == [Tok::Star] {
+                return true;
+            }
+            if pf.is_empty() {
+                return rf.is_empty() || rf.iter().all(|t| *t == Tok::Star);
+            }
         }
         intersects(&rf, &pf)
     })
+}
+
+/// The first five `:`-separated fields and the rest, not splitting inside `${...}`.
+fn arn_fields(s: &str) -> Vec<&str> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(6);
+    let (mut start, mut depth) = (0, 0usize);
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'{' if i > 0 && b[i - 1] == b'$' => depth += 1,
+            b'}' if depth > 0 => depth -= 1,
+            b':' if depth == 0 && out.len() < 5 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,42 +136,40 @@ fn glob(s: &str) -> Vec<Tok> {
     out
 }
 
-/// Whether two globs match a common string (dynamic programming over both positions).
+/// Whether two globs match a common string. A product automaton over positions (i in `a`, j in
+/// `b`): a star may match nothing (skip it) or take one more character (stay); every other
+/// token takes one character, and both sides take the same one. Every move but a star meeting
+/// a star (a loop, skipped) goes to a later position, so one pass in order decides it.
 fn intersects(a: &[Tok], b: &[Tok]) -> bool {
     let (n, m) = (a.len(), b.len());
-    // reach[i][j]: some common prefix takes a to i and b to j.
-    let mut reach = vec![vec![false; m + 1]; n + 1];
-    reach[0][0] = true;
+    let w = m + 1;
+    let mut reach = vec![false; (n + 1) * w];
+    reach[0] = true;
     for i in 0..=n {
         for j in 0..=m {
-            if !reach[i][j] {
+            if !reach[i * w + j] {
                 continue;
             }
-            // A star may match nothing.
             if i < n && a[i] == Tok::Star {
-                reach[i + 1][j] = true;
+                reach[(i + 1) * w + j] = true;
             }
             if j < m && b[j] == Tok::Star {
-                reach[i][j + 1] = true;
+                reach[i * w + j + 1] = true;
             }
-            // One more character of the common string, taken by each side's token (a star
-            // stays where it is).
             if i < n && j < m {
                 let same = match (a[i], b[j]) {
                     (Tok::Byte(x), Tok::Byte(y)) => x == y,
                     _ => true,
                 };
-                if same {
-                    let ni = if a[i] == Tok::Star { i } else { i + 1 };
-                    let nj = if b[j] == Tok::Star { j } else { j + 1 };
-                    if (ni, nj) != (i, j) {
-                        reach[ni][nj] = true;
-                    }
+                let ni = if a[i] == Tok::Star { i } else { i + 1 };
+                let nj = if b[j] == Tok::Star { j } else { j + 1 };
+                if same && (ni, nj) != (i, j) {
+                    reach[ni * w + nj] = true;
                 }
             }
         }
     }
-    reach[n][m]
+    reach[n * w + m]
 }
 
 #[cfg(test)]
@@ -197,6 +229,23 @@ mod tests {
             ),
             ("sts:GetCallerIdentity", "*", true),
             ("ec2:DescribeInstances", "arn:aws:ec2:*:*:instance/*", false),
+            // Policy variables, also in the account field (they hold a colon).
+            (
+                "dynamodb:GetItem",
+                "arn:aws:dynamodb:us-east-1:${aws:PrincipalAccount}:table/orders",
+                true,
+            ),
+            (
+                "s3:GetObject",
+                "arn:aws:s3:::team-data/home/${aws:username}/*",
+                true,
+            ),
+            // Multi-Region Access Points have no region.
+            (
+                "s3:GetObject",
+                "arn:aws:s3::123456789012:accesspoint/x.mrap/object/*",
+                true,
+            ),
             // Colons in the resource part.
             (
                 "logs:PutLogEvents",
@@ -221,6 +270,9 @@ mod tests {
         assert!(t("accesspoint/*", "accesspoint/${AccessPointName}"));
         assert!(!t("bucket", "accesspoint/${AccessPointName}"));
         assert!(!t("", "x"));
+        assert!(t("**", "*"));
+        assert!(t("a*b*c", "*b*"));
+        assert!(!t("a*b", "*c"));
     }
 
     #[test]
@@ -228,7 +280,7 @@ mod tests {
         let mut missing = Vec::new();
         for a in catalog().actions() {
             for t in a.resource_types.split(',').filter(|t| !t.is_empty()) {
-                if !types().contains_key(format!("{}:{t}", a.service).as_str()) {
+                if !types().contains_key(&(a.service, t)) {
                     missing.push(format!("{a} {t}"));
                 }
             }

@@ -180,48 +180,77 @@ pub fn run(a: InitArgs) -> Exit {
     let out = format!(
         "wrote {}\n{state_msg}{}",
         target.display(),
-        aws_config_snippet(&target, &a.region, &names)
+        aws_config_snippet(
+            &target,
+            &a.region,
+            &names.iter().map(|n| (None, n.clone())).collect::<Vec<_>>()
+        )
     );
     print_bytes(out.as_bytes())
 }
 
-/// What to add to ~/.aws/config for these profiles, and how to start the daemon.
-fn aws_config_snippet(target: &Path, region: &str, names: &[String]) -> String {
+/// What to add to ~/.aws/config, one AWS profile per (agent, profile), and how to start the
+/// daemon. `agent` is named on each line only when this uid runs as several agents (the daemon
+/// then needs to be told which).
+fn aws_config_snippet(target: &Path, region: &str, entries: &[(Option<&str>, String)]) -> String {
     let exe = mandate::client::front::front_program()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "mandate".into());
+    let config = shell_word(&target.display().to_string());
     let mut out = "\nAdd to ~/.aws/config (one AWS profile per mandate profile):\n".to_owned();
-    for n in names {
+    for (agent, n) in entries {
+        let (section, flag) = match agent {
+            Some(a) => (format!("mandate-{a}-{n}"), format!(" --agent {a}")),
+            None => (format!("mandate-{n}"), String::new()),
+        };
         out.push_str(&format!(
-            "\n[profile mandate-{n}]\ncredential_process = {exe} --config {} credential-process {n}\nregion = {region}\n",
-            target.display(),
+            "\n[profile {section}]\ncredential_process = {} --config {config} credential-process{flag} {n}\nregion = {region}\n",
+            shell_word(&exe),
         ));
     }
-    out.push_str(&format!(
-        "\nThen: mandate --config {} serve\n",
-        target.display()
-    ));
+    out.push_str(&format!("\nThen: mandate --config {config} serve\n"));
     out
+}
+
+/// A word as botocore splits `credential_process` (POSIX shell rules): as is when it is plain,
+/// else in single quotes.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@%,".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// The snippet for a config that already exists: the profiles of the agents this uid runs as
 /// (the ones `credential_process` can use), or why there are none.
 fn existing_snippet(c: &mandate::config::Config, target: &Path) -> String {
     let uid = mandate::os::effective_uid();
-    let names: BTreeSet<String> = c
+    let mine: Vec<&mandate::config::Agent> = c
         .agents
         .values()
         .filter(|a| a.uids.contains(&uid))
-        .flat_map(|a| a.profiles.iter().map(|p| p.as_str().to_owned()))
         .collect();
-    if names.is_empty() {
+    let several = mine.len() > 1;
+    let entries: Vec<(Option<&str>, String)> = mine
+        .iter()
+        .flat_map(|a| {
+            a.profiles
+                .iter()
+                .map(move |p| (several.then_some(a.name.as_str()), p.as_str().to_owned()))
+        })
+        .collect();
+    if entries.is_empty() {
         return format!(
             "\nNo agent in {} runs as uid {uid}, so no credential_process line applies to you; add one with `mandate --config {} agent add NAME --profiles ...` (agents of the HTTP endpoint use their token instead)\n",
             target.display(),
             target.display()
         );
     }
-    aws_config_snippet(target, &c.region, &names.into_iter().collect::<Vec<_>>())
+    aws_config_snippet(target, &c.region, &entries)
 }
 
 /// Creates the state directory and the audit directory (0700) and the checkpoint signing key
@@ -259,4 +288,22 @@ fn login_name(uid: u32) -> Option<String> {
         let _ = f.next();
         (f.next()?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn words_botocore_splits_back_into_themselves() {
+        for (word, want) in [
+            ("/usr/local/bin/mandate", "/usr/local/bin/mandate"),
+            ("/home/a b/broker.toml", "'/home/a b/broker.toml'"),
+            ("/tmp/it's", "'/tmp/it'\\''s'"),
+            ("", "''"),
+            ("/x/$(id)", "'/x/$(id)'"),
+        ] {
+            assert_eq!(shell_word(word), want, "{word}");
+        }
+    }
 }

@@ -4,11 +4,14 @@
 //! (an S3 object ARN with a region, a bucket ARN for `s3:GetObject`). IAM would not refuse such
 //! a statement; it would just grant nothing, which is rarely what the author meant.
 
+use std::collections::BTreeSet;
+
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::parse::Parser;
 use super::{ActionPattern, Profile, Rule};
+use crate::catalog::resources::{MAX_CHECKED_RESOURCE, arn_may_match};
 use crate::diag::{Diagnostic, quoted};
 
 /// At most this many ARN patterns are quoted in one warning.
@@ -17,6 +20,10 @@ const SHOWN_PATTERNS: usize = 3;
 impl Parser<'_> {
     pub(super) fn resource_rules(&self, p: &Profile, table: &DeTable<'_>) -> Vec<Diagnostic> {
         let mut warnings = Vec::new();
+        // A profile that is already wrong gets its errors, not advice.
+        if !self.diags.is_empty() {
+            return warnings;
+        }
         let Some(DeValue::Array(blocks)) = table.get("allow").map(|v| v.get_ref()) else {
             return warnings;
         };
@@ -90,13 +97,19 @@ impl Parser<'_> {
         if rule.actions.iter().any(|a| matches!(a, ActionPattern::Any)) {
             return;
         }
+        // The distinct ARN patterns of everything the block's actions reach (a wildcard such as
+        // `ec2:*` reaches hundreds of actions but about a hundred patterns).
+        let patterns: BTreeSet<&str> = rule
+            .actions
+            .iter()
+            .flat_map(|pat| pat.expand())
+            .flat_map(|a| a.arn_patterns())
+            .collect();
         for (ri, (r, item)) in rule.resources.iter().zip(items).enumerate() {
             let r = r.as_str();
             if r == "*"
-                || rule
-                    .actions
-                    .iter()
-                    .any(|pat| pat.expand().any(|a| a.can_take(r)))
+                || r.len() > MAX_CHECKED_RESOURCE
+                || patterns.iter().any(|p| arn_may_match(r, p))
             {
                 continue;
             }
