@@ -32,6 +32,7 @@ mod records;
 mod request;
 mod sessions;
 mod state;
+mod status;
 mod volume;
 
 pub use cache::servable;

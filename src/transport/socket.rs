@@ -262,44 +262,10 @@ async fn dispatch<I: Issuer>(
                 duration_seconds,
                 approval_id,
             };
-            match tokio::time::timeout(REQUEST_DEADLINE, broker.credentials(caller, req)).await {
-                Err(_) => error_body("timeout", "the broker could not get credentials in time"),
-                Ok(Err(BrokerError::Pending(p))) => {
-                    let mut body = error_body("approval_pending", &p.message());
-                    body["approval"] = serde_json::json!({
-                        "id": p.id,
-                        "status": "pending",
-                        "needs": p.requirement.to_string(),
-                        "have": p.have,
-                        "need": p.need,
-                        "expires": clock::rfc3339(p.pending_until),
-                    });
-                    body
-                }
-                Ok(Err(e)) => {
-                    if !e.is_refusal() {
-                        tracing::warn!(uid, code = e.code(), error = %e, "credential request failed");
-                    }
-                    error_body(e.code(), &e.to_string())
-                }
-                Ok(Ok(issued)) => {
-                    let c = &issued.credentials;
-                    serde_json::json!({
-                        "ok": true,
-                        "credentials": {
-                            "AccessKeyId": c.access_key_id,
-                            "SecretAccessKey": c.secret_access_key.expose(),
-                            "SessionToken": c.session_token.expose(),
-                            "Expiration": clock::rfc3339(c.expiration),
-                        },
-                        "request_id": issued.request_id,
-                        "agent": issued.agent,
-                        "profile": issued.profile,
-                        "cached": issued.cached,
-                        "approval": issued.approval_id.map(|id| serde_json::json!({"id": id})),
-                    })
-                }
-            }
+            credentials_body(
+                uid,
+                tokio::time::timeout(REQUEST_DEADLINE, broker.credentials(caller, req)).await,
+            )
         }
         Request::Approvals { all } => result_body(broker.approvals(&caller, all).await),
         Request::Vote {
@@ -319,82 +285,53 @@ async fn dispatch<I: Issuer>(
         Request::BreakerReset { agent } => result_body(broker.breaker_reset(caller, agent).await),
         Request::Pause { reason } => result_body(broker.set_paused(caller, true, reason).await),
         Request::Resume => result_body(broker.set_paused(caller, false, None).await),
-        Request::Status => {
-            let state = broker.state();
-            let agent = state
-                .config
-                .agent_for_uid(uid, None)
-                .ok()
-                .map(|a| a.name.clone());
-            let approver = state
-                .config
-                .approvers
-                .values()
-                .any(|a| a.uids.contains(&uid));
-            if agent.is_none() && !approver {
-                return error_body(
-                    "unknown_caller",
-                    &format!("uid {uid} is neither an agent nor an approver"),
-                );
+        Request::Status => match broker.status(uid) {
+            Ok(status) => serde_json::json!({ "ok": true, "status": status }),
+            Err(d) => error_body(d.code.as_str(), &d.message),
+        },
+    }
+}
+
+/// The answer to a credentials request: the keys, a pending approval, or the refusal.
+fn credentials_body(
+    uid: u32,
+    r: Result<Result<crate::broker::Issued, BrokerError>, tokio::time::error::Elapsed>,
+) -> serde_json::Value {
+    match r {
+        Err(_) => error_body("timeout", "the broker could not get credentials in time"),
+        Ok(Err(BrokerError::Pending(p))) => {
+            let mut body = error_body("approval_pending", &p.message());
+            body["approval"] = serde_json::json!({
+                "id": p.id,
+                "status": "pending",
+                "needs": p.requirement.to_string(),
+                "have": p.have,
+                "need": p.need,
+                "expires": clock::rfc3339(p.pending_until),
+            });
+            body
+        }
+        Ok(Err(e)) => {
+            if !e.is_refusal() {
+                tracing::warn!(uid, code = e.code(), error = %e, "credential request failed");
             }
-            // Approvers see every agent; an agent sees its own sessions.
-            let filter = if approver { None } else { agent.as_deref() };
-            let controls = broker.controls();
-            let sessions = broker.sessions(filter);
-            // An agent sees the revocations that stop it, not everyone else's.
-            let profiles = filter
-                .and_then(|f| state.config.agents.get(f))
-                .map(|a| a.profiles.clone())
-                .unwrap_or_default();
-            let concerns = |r: &&crate::revoke::Revocation| match filter {
-                None => true,
-                Some(f) => {
-                    profiles.iter().any(|p| r.blocks(f, p.as_str()))
-                        || matches!(&r.scope, crate::revoke::Scope::Session(id)
-                            if sessions.iter().any(|s| s.request_id == *id))
-                }
-            };
-            // Times as RFC 3339, like everywhere else a human or a script reads them.
-            let with_time = |v: serde_json::Value| {
-                let mut v = v;
-                if let Some(at) = v["at"].as_i64() {
-                    v["at"] = clock::rfc3339(at).into();
-                }
-                v
-            };
-            let revocations: Vec<serde_json::Value> = controls
-                .revocations
-                .iter()
-                .filter(concerns)
-                .map(|r| with_time(serde_json::to_value(r).unwrap_or_default()))
-                .collect();
-            // Each live session says whether a revocation stops it.
-            let sessions: Vec<serde_json::Value> = sessions
-                .iter()
-                .map(|s| {
-                    let revoked = controls.revocations.iter().any(|r| {
-                        r.blocks(&s.agent, &s.profile)
-                            || (r.active
-                                && matches!(&r.scope, crate::revoke::Scope::Session(id) if *id == s.request_id))
-                    });
-                    let mut v = serde_json::to_value(s).unwrap_or_default();
-                    v["revoked"] = revoked.into();
-                    v
-                })
-                .collect();
+            error_body(e.code(), &e.to_string())
+        }
+        Ok(Ok(issued)) => {
+            let c = &issued.credentials;
             serde_json::json!({
                 "ok": true,
-                "status": {
-                    "revocations": revocations,
-                    "sessions": sessions,
-                    "agents": state.config.agents.values().filter(|a| filter.is_none_or(|f| f == a.name)).map(|a| serde_json::json!({
-                        "name": a.name,
-                        "profiles": a.profiles.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-                    })).collect::<Vec<_>>(),
-                    "audit_ok": !broker.audit().is_failed(),
-                    "paused": controls.paused.as_ref().map(|p| with_time(serde_json::to_value(p).unwrap_or_default())),
-                    "breakers": controls.trips.values().filter(|t| filter.is_none_or(|f| f == t.agent)).map(|t| with_time(serde_json::to_value(t).unwrap_or_default())).collect::<Vec<_>>(),
-                }
+                "credentials": {
+                    "AccessKeyId": c.access_key_id,
+                    "SecretAccessKey": c.secret_access_key.expose(),
+                    "SessionToken": c.session_token.expose(),
+                    "Expiration": clock::rfc3339(c.expiration),
+                },
+                "request_id": issued.request_id,
+                "agent": issued.agent,
+                "profile": issued.profile,
+                "cached": issued.cached,
+                "approval": issued.approval_id.map(|id| serde_json::json!({"id": id})),
             })
         }
     }
