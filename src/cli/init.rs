@@ -63,83 +63,12 @@ pub fn run(a: InitArgs) -> Exit {
         return Exit::Usage;
     }
     let profiles_dir = absolute(&a.profiles);
-    let files = match profile::discover(std::slice::from_ref(&profiles_dir)) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Exit::NotFound;
-        }
+    let offer = match offer(&profiles_dir) {
+        Ok(o) => o,
+        Err(exit) => return exit,
     };
-    let mut names = Vec::new();
-    let mut unbound = Vec::new();
-    let mut roles = BTreeSet::new();
-    for f in &files {
-        match profile::load(f) {
-            // One person cannot satisfy the two-person rule: such profiles wait for peers.
-            Ok(p) if matches!(p.approval, profile::Approval::Peers(_)) => {
-                roles.insert(p.role.as_str().to_owned());
-                unbound.push(format!("{} ({})", p.name.as_str(), p.approval));
-            }
-            Ok(p) => {
-                roles.insert(p.role.as_str().to_owned());
-                names.push(p.name.as_str().to_owned());
-            }
-            Err(e) => {
-                // Every problem, with file:line:col, as `profiles check` would print them.
-                if let profile::ProfileError::Invalid(diags) = &e {
-                    for d in diags {
-                        eprintln!("{d}");
-                    }
-                }
-                eprintln!(
-                    "error: {e}; nothing was written (run `mandate profiles check {}` after fixing it)",
-                    profiles_dir.display()
-                );
-                return Exit::Invalid;
-            }
-        }
-    }
-    let uid = mandate::os::effective_uid();
-    // The operator is the person running init: their login name (USER, LOGNAME, or the
-    // password database entry of this uid), lower-cased to a valid name.
-    let user = ["USER", "LOGNAME"]
-        .iter()
-        .filter_map(|v| std::env::var(v).ok())
-        .chain(login_name(uid))
-        .map(|u| u.to_ascii_lowercase())
-        .find(|u| profile::check_slug("user", u).is_ok())
-        .unwrap_or_else(|| "operator".into());
-    let mut toml = format!(
-        "# mandate broker config, written by `mandate init`. Reference: README.md.\n\
-         [broker]\n\
-         state_dir = \"state\"            # audit log and broker state (relative to this file)\n\
-         socket = \"run/mandate.sock\"     # the agents' Unix socket\n\
-         profiles_dir = {:?}\n\
-         region = {:?}\n\
-         # endpoint_url = \"http://127.0.0.1:5055\"   # a local AWS emulator only\n",
-        profiles_dir.display().to_string(),
-        a.region
-    );
-    for role in &roles {
-        toml.push_str(&format!(
-            "\n[roles.{role}]\narn = {:?}   # the role agents of this kind assume\nmax_session = \"1h\"\n",
-            a.role_arn
-        ));
-    }
-    if !unbound.is_empty() {
-        toml.push_str(&format!(
-            "\n# Not bound below, because they need approvers other than you: {}.\n\
-             # Declare those people in [approvers] (with their own uids) and add the profiles.\n",
-            unbound.join(", ")
-        ));
-    }
-    toml.push_str(&format!(
-        "\n[agents.{}]\nprofiles = [{}]\nuids = [{uid}]\noperator = {:?}\n\n[approvers.{}]\nuids = [{uid}]\n",
-        a.agent,
-        names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
-        user,
-        user
-    ));
+    let toml = render(&profiles_dir, &offer, &a.region, &a.role_arn, &a.agent);
+    let names = offer.names;
     // The same full check the daemon runs, before anything is written.
     if let Err(e) = mandate::config::check_text(&target, toml.as_bytes()) {
         let exit = super::config_error(&e);
@@ -187,6 +116,106 @@ pub fn run(a: InitArgs) -> Exit {
         )
     );
     print_bytes(out.as_bytes())
+}
+
+/// The profiles init can bind to one agent, the ones waiting for peers, and their roles.
+struct Offer {
+    names: Vec<String>,
+    unbound: Vec<String>,
+    roles: BTreeSet<String>,
+}
+
+/// Reads every profile in `profiles_dir`; one that fails validation stops init (reported as
+/// `profiles check` would).
+fn offer(profiles_dir: &Path) -> Result<Offer, Exit> {
+    let files = match profile::discover(&[profiles_dir.to_path_buf()]) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(Exit::NotFound);
+        }
+    };
+    let mut names = Vec::new();
+    let mut unbound = Vec::new();
+    let mut roles = BTreeSet::new();
+    for f in &files {
+        match profile::load(f) {
+            // One person cannot satisfy the two-person rule: such profiles wait for peers.
+            Ok(p) if matches!(p.approval, profile::Approval::Peers(_)) => {
+                roles.insert(p.role.as_str().to_owned());
+                unbound.push(format!("{} ({})", p.name.as_str(), p.approval));
+            }
+            Ok(p) => {
+                roles.insert(p.role.as_str().to_owned());
+                names.push(p.name.as_str().to_owned());
+            }
+            Err(e) => {
+                // Every problem, with file:line:col, as `profiles check` would print them.
+                if let profile::ProfileError::Invalid(diags) = &e {
+                    for d in diags {
+                        eprintln!("{d}");
+                    }
+                }
+                eprintln!(
+                    "error: {e}; nothing was written (run `mandate profiles check {}` after fixing it)",
+                    profiles_dir.display()
+                );
+                return Err(Exit::Invalid);
+            }
+        }
+    }
+    Ok(Offer {
+        names,
+        unbound,
+        roles,
+    })
+}
+
+/// The starter config: the roles the profiles use, one agent for this uid bound to the
+/// profiles one person can approve, and this person as its operator and approver.
+fn render(profiles_dir: &Path, offer: &Offer, region: &str, role_arn: &str, agent: &str) -> String {
+    let uid = mandate::os::effective_uid();
+    // The operator is the person running init: their login name (USER, LOGNAME, or the
+    // password database entry of this uid), lower-cased to a valid name.
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .chain(login_name(uid))
+        .map(|u| u.to_ascii_lowercase())
+        .find(|u| profile::check_slug("user", u).is_ok())
+        .unwrap_or_else(|| "operator".into());
+    let mut toml = format!(
+        "# mandate broker config, written by `mandate init`. Reference: README.md.\n\
+         [broker]\n\
+         state_dir = \"state\"            # audit log and broker state (relative to this file)\n\
+         socket = \"run/mandate.sock\"     # the agents' Unix socket\n\
+         profiles_dir = {:?}\n\
+         region = {:?}\n\
+         # endpoint_url = \"http://127.0.0.1:5055\"   # a local AWS emulator only\n",
+        profiles_dir.display().to_string(),
+        region
+    );
+    for role in &offer.roles {
+        toml.push_str(&format!(
+            "\n[roles.{role}]\narn = {:?}   # the role agents of this kind assume\nmax_session = \"1h\"\n",
+            role_arn
+        ));
+    }
+    if !offer.unbound.is_empty() {
+        toml.push_str(&format!(
+            "\n# Not bound below, because they need approvers other than you: {}.\n\
+             # Declare those people in [approvers] (with their own uids) and add the profiles.\n",
+            offer.unbound.join(", ")
+        ));
+    }
+    toml.push_str(&format!(
+        "\n[agents.{}]\nprofiles = [{}]\nuids = [{uid}]\noperator = {:?}\n\n[approvers.{}]\nuids = [{uid}]\n",
+        agent,
+        offer.names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
+        user,
+        user
+    ));
+    toml
 }
 
 /// What to add to ~/.aws/config, one AWS profile per (agent, profile), and how to start the

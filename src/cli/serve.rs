@@ -111,21 +111,59 @@ async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit
         }
         return Exit::Invalid;
     }
-    // No audit, no credentials: the log must be usable before anything is bound.
-    let key = match mandate::audit::checkpoint::load_key(&c.signing_key()) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("error: {e}; refusing to start without the audit signing key");
-            return Exit::Unavailable;
-        }
+    let started = async {
+        let audit = open_audit(&c).await?;
+        let issuer = SdkIssuer::new(&c.region, c.endpoint_url.as_deref(), c.sts_timeout)
+            .await
+            .map_err(unavailable)?;
+        // Approvals, revocations, breaker trips and the pause survive restarts here.
+        let store = mandate::store::SqliteStore::open(&c.store_path()).map_err(|e| {
+            eprintln!("error: {e}; refusing to start without the approval store");
+            Exit::Unavailable
+        })?;
+        record_start(&audit, loaded.profiles.len()).await?;
+        let listeners = bind(&c).await?;
+        let broker = build_broker(&c, loaded, issuer, store, audit.clone())?;
+        Ok::<_, Exit>((audit, listeners, broker))
     };
-    let (audit, recovery) = match AuditLog::open(&c.audit_dir(), key, c.audit.clone()) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}; refusing to start without an audit log");
-            return Exit::Unavailable;
-        }
+    let (audit, (listener, http_listener), broker) = match started.await {
+        Ok(s) => s,
+        Err(exit) => return exit,
     };
+    let http = c
+        .http
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "off".into());
+    tracing::info!(socket = %c.socket.display(), http = %http, config = %path.display(), "mandate is serving");
+    let base_is_temporary = broker.state().base_is_temporary;
+    run_until_stopped(
+        &c,
+        broker,
+        audit,
+        tokens,
+        (listener, http_listener),
+        (path, base_is_temporary, seen),
+    )
+    .await
+}
+
+/// Prints a start-up failure; the daemon refuses to start.
+fn unavailable(e: impl std::fmt::Display) -> Exit {
+    eprintln!("error: {e}");
+    Exit::Unavailable
+}
+
+/// No audit, no credentials: the log must be usable before anything is bound. A torn final
+/// record from a crash is trimmed, and the trim recorded.
+async fn open_audit(c: &config::Config) -> Result<AuditLog, Exit> {
+    let key = mandate::audit::checkpoint::load_key(&c.signing_key()).map_err(|e| {
+        eprintln!("error: {e}; refusing to start without the audit signing key");
+        Exit::Unavailable
+    })?;
+    let (audit, recovery) = AuditLog::open(&c.audit_dir(), key, c.audit.clone()).map_err(|e| {
+        eprintln!("error: {e}; refusing to start without an audit log");
+        Exit::Unavailable
+    })?;
     if let Some(r) = recovery {
         let mut rec = Record::new(Kind::Recovered);
         rec.message = Some(format!(
@@ -133,54 +171,47 @@ async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit
             r.trimmed_bytes, r.segment, r.last_seq
         ));
         tracing::warn!(segment = %r.segment, bytes = r.trimmed_bytes, "recovered the audit log after a crash");
-        if let Err(e) = audit.append_durable(rec).await {
-            eprintln!("error: {e}");
-            return Exit::Unavailable;
-        }
+        audit.append_durable(rec).await.map_err(unavailable)?;
     }
-    let issuer = match SdkIssuer::new(&c.region, c.endpoint_url.as_deref(), c.sts_timeout).await {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Exit::Unavailable;
-        }
-    };
-    // Approvals, revocations, breaker trips and the pause survive restarts here.
-    let store = match mandate::store::SqliteStore::open(&c.store_path()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}; refusing to start without the approval store");
-            return Exit::Unavailable;
-        }
-    };
+    Ok(audit)
+}
+
+async fn record_start(audit: &AuditLog, profiles: usize) -> Result<(), Exit> {
     let mut started = Record::new(Kind::Started);
     started.message = Some(format!(
-        "mandate {} serving {} profile(s)",
+        "mandate {} serving {profiles} profile(s)",
         env!("CARGO_PKG_VERSION"),
-        loaded.profiles.len()
     ));
-    if let Err(e) = audit.append_durable(started).await {
-        eprintln!("error: {e}");
-        return Exit::Unavailable;
-    }
+    audit
+        .append_durable(started)
+        .await
+        .map(drop)
+        .map_err(unavailable)
+}
+
+/// The HTTP listener (if any) first, then the socket.
+async fn bind(
+    c: &config::Config,
+) -> Result<(tokio::net::UnixListener, Option<tokio::net::TcpListener>), Exit> {
     let http_listener = match c.http {
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("error: cannot listen on {addr}: {e}");
-                return Exit::Unavailable;
-            }
-        },
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            Exit::Unavailable
+        })?),
         None => None,
     };
-    let listener = match server::bind(&c.socket) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Exit::Unavailable;
-        }
-    };
-    warn_shared_uids(&c);
+    let listener = server::bind(&c.socket).map_err(unavailable)?;
+    Ok((listener, http_listener))
+}
+
+fn build_broker(
+    c: &config::Config,
+    loaded: config::Loaded,
+    issuer: SdkIssuer,
+    store: mandate::store::SqliteStore,
+    audit: AuditLog,
+) -> Result<Arc<Broker<SdkIssuer>>, Exit> {
+    warn_shared_uids(c);
     if issuer.base_is_temporary {
         tracing::info!("base credentials are temporary: sessions are capped at 1 hour");
     }
@@ -191,24 +222,21 @@ async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit
         notifier: mandate::notify::Notifier::start(c.notify.clone()),
         clock: Arc::new(mandate::clock::unix_now),
     };
-    let broker = match Broker::with_parts(
-        State::new(loaded, base_is_temporary),
-        issuer,
-        audit.clone(),
-        parts,
-    ) {
-        Ok(b) => Arc::new(b),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Exit::Unavailable;
-        }
-    };
-    let http = c
-        .http
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "off".into());
-    tracing::info!(socket = %c.socket.display(), http = %http, config = %path.display(), "mandate is serving");
+    Broker::with_parts(State::new(loaded, base_is_temporary), issuer, audit, parts)
+        .map(Arc::new)
+        .map_err(unavailable)
+}
 
+/// Serves until SIGINT or SIGTERM, with the reload loop and the delivery-count flusher beside
+/// the transports; then stops gracefully: the last counts, `stopped`, a checkpoint.
+async fn run_until_stopped(
+    c: &config::Config,
+    broker: Arc<Broker<SdkIssuer>>,
+    audit: AuditLog,
+    tokens: Arc<mandate::transport::http::Tokens>,
+    (listener, http_listener): (tokio::net::UnixListener, Option<tokio::net::TcpListener>),
+    (path, base_is_temporary, seen): (PathBuf, bool, Fingerprint),
+) -> Exit {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = http_listener.map(|l| {
         let mut rx = stop_rx.clone();
