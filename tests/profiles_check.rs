@@ -791,16 +791,21 @@ fn completions_offer_profile_names_where_a_command_takes_one() {
     }
     assert!(complete("mandate pro").contains("profiles"));
     // --config on the line is the config the names come from.
+    // The same config with another profiles_dir.
+    let config_for = |name: &str, dir: &Path| {
+        let file = tmp.path().join(name);
+        std::fs::write(
+            &file,
+            std::fs::read_to_string(&cfg).unwrap().replace(
+                &format!("{:?}", root.join("profiles").display().to_string()),
+                &format!("{:?}", dir.display().to_string()),
+            ),
+        )
+        .unwrap();
+        file
+    };
     let empty = tempfile::tempdir().unwrap();
-    let other = tmp.path().join("other.toml");
-    std::fs::write(
-        &other,
-        std::fs::read_to_string(&cfg).unwrap().replace(
-            &format!("{:?}", root.join("profiles").display().to_string()),
-            &format!("{:?}", empty.path().display().to_string()),
-        ),
-    )
-    .unwrap();
+    let other = config_for("other.toml", empty.path());
     assert_eq!(
         complete(&format!(
             "mandate --config {} credential-process ",
@@ -824,15 +829,7 @@ fn completions_offer_profile_names_where_a_command_takes_one() {
         )
         .unwrap();
     }
-    let evil = tmp.path().join("evil.toml");
-    std::fs::write(
-        &evil,
-        std::fs::read_to_string(&cfg).unwrap().replace(
-            &format!("{:?}", root.join("profiles").display().to_string()),
-            &format!("{:?}", hostile.path().display().to_string()),
-        ),
-    )
-    .unwrap();
+    let evil = config_for("evil.toml", hostile.path());
     for line in [
         format!("mandate --config {} credential-process ", evil.display()),
         format!("mandate --config={} request ", evil.display()),
