@@ -78,6 +78,87 @@ pub trait Store: Send + Sync {
     fn put_session(&self, s: &crate::store::SessionInfo, now: i64) -> Result<(), StoreError>;
     /// Sessions unexpired at `now`.
     fn sessions(&self, now: i64) -> Result<Vec<crate::store::SessionInfo>, StoreError>;
+
+    // Team mode. A store only this daemon uses (SQLite) keeps the defaults: nobody else
+    // changes it, so there is nothing to hear about, count or anchor.
+
+    /// What the store is, for `status` and the log (never a password).
+    fn describe(&self) -> StoreInfo;
+    /// Changes other daemons make, as they happen (LISTEN/NOTIFY). `None`: nobody else writes
+    /// this store. Must be called from within the async runtime.
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<Notice>> {
+        None
+    }
+    /// Per agent, what the *other* daemons sharing this store issued since `since` and still
+    /// hold live at `now` (so limits hold across daemons).
+    fn remote_counts(
+        &self,
+        _since: i64,
+        _now: i64,
+    ) -> Result<std::collections::HashMap<String, RemoteCounts>, StoreError> {
+        Ok(Default::default())
+    }
+    /// Says this daemon is alive (`status` lists the daemons seen recently).
+    fn heartbeat(&self, _me: &DaemonInfo) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Daemons seen at or after `since`, this one included.
+    fn daemons(&self, _since: i64) -> Result<Vec<DaemonInfo>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Anchors one signed audit checkpoint line of daemon `daemon` (its key fingerprint) off
+    /// the host; putting the same `seq` twice keeps the first.
+    fn put_checkpoint(&self, _daemon: &str, _seq: u64, _line: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The anchored checkpoint lines of `daemon`, in `seq` order.
+    fn checkpoints(&self, _daemon: &str) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Where the state lives, as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StoreInfo {
+    /// `sqlite` or `postgres`.
+    pub kind: &'static str,
+    /// The file, or `host:port/database` (never a password).
+    pub location: String,
+    /// Whether other daemons may share it (team mode).
+    pub shared: bool,
+}
+
+/// A change another daemon made to the shared store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// Revocations, breaker trips or the pause changed.
+    Controls,
+    /// An approval request was opened, voted on or redeemed (its id).
+    Approval(String),
+    /// A session was indexed or the counters moved.
+    Sessions,
+    /// The listening connection is (re)established: everything may have changed meanwhile.
+    Connected,
+    /// The listening connection was lost: nothing is heard until `Connected`.
+    Lost(String),
+}
+
+/// What other daemons issued and hold for one agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteCounts {
+    pub issued: u32,
+    pub live: u32,
+}
+
+/// A daemon that shares the store.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DaemonInfo {
+    /// The fingerprint of its audit signing key.
+    pub id: String,
+    pub host: String,
+    pub version: String,
+    pub started_at: i64,
+    pub seen_at: i64,
 }
 
 /// What [`Store::open_pending`] did.

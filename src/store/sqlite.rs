@@ -150,6 +150,14 @@ fn insert_request(c: &Connection, r: &ApprovalRequest) -> rusqlite::Result<()> {
 }
 
 impl Store for SqliteStore {
+    fn describe(&self) -> super::StoreInfo {
+        super::StoreInfo {
+            kind: "sqlite",
+            location: self.path.display().to_string(),
+            shared: false,
+        }
+    }
+
     fn insert(&self, r: &ApprovalRequest) -> Result<(), StoreError> {
         self.with(|c| insert_request(c, r))
     }
