@@ -5,6 +5,8 @@
 //! it. The broker persists states through [`store::Store`].
 
 use serde::{Deserialize, Serialize};
+
+pub mod proof;
 use sha2::{Digest, Sha256};
 
 /// Longest approval id accepted on the wire.
@@ -142,6 +144,10 @@ pub struct Vote {
     pub approve: bool,
     pub note: Option<String>,
     pub at: i64,
+    /// Who vouches for this vote: a signature by the component that authenticated the
+    /// approver ([`proof`]). Only signed votes release a credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<proof::Proof>,
 }
 
 /// The stored state of a request. Expiry is not stored: it follows from the times.
@@ -432,6 +438,7 @@ impl ApprovalRequest {
             approve,
             note,
             at: now,
+            proof: None,
         });
         if !approve {
             next.stage = Stage::Rejected {

@@ -144,6 +144,22 @@ impl<I: Issuer> Broker<I> {
                 .refuse(at.caller, &at.req.profile, at.req.reason.clone(), d)
                 .await);
         }
+        // What the store says is not trusted: only validly signed votes release anything.
+        let use_within = state.config.approvals.use_within.as_secs() as i64;
+        if r.digest == at.digest
+            && let Err(why) = crate::approval::proof::check_approved(
+                &r,
+                &self.vote_trust(state),
+                use_within,
+                at.now,
+            )
+        {
+            tracing::error!(id = %r.id, agent = at.agent, why = %why, "an approved request in the store does not carry valid signed votes; refusing it");
+            let message = format!("approval request {} cannot be used: {why}", r.id);
+            return Err(self
+                .refuse_at_gate(at, DenyCode::ApprovalClosed, message)
+                .await);
+        }
         match self.redeem(r, at.digest, at.now).await? {
             Ok(proof) => Ok(Some(proof)),
             Err(e) if at.req.approval_id.is_some() => Err(self

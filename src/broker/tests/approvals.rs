@@ -8,7 +8,7 @@ use crate::approval::{ApprovalId, ApprovalRequest, Binding};
 use crate::aws::{BoxFuture, IamError, Revoker};
 use crate::notify::Notifier;
 use crate::revoke::Scope;
-use crate::store::SqliteStore;
+use crate::store::{SqliteStore, Store};
 
 const T0: i64 = 1_795_000_000;
 
@@ -81,6 +81,8 @@ impl World {
                 revoker: self.revoker.clone(),
                 notifier: Notifier::none(),
                 clock: Arc::new(move || clock.load(Ordering::SeqCst)),
+                // The same key as the audit log's: a restarted daemon trusts its own votes.
+                vote_key: Arc::new(ed25519_dalek::SigningKey::from_bytes(&[1; 32])),
             },
         )
         .unwrap()
@@ -724,4 +726,57 @@ fn peers_never_share_a_uid_with_the_operator_or_with_each_other() {
     );
     r = vote(&r, "carol", &[1002]).unwrap();
     assert_eq!(r.status(T0), crate::approval::Status::Approved);
+}
+
+#[tokio::test]
+async fn votes_written_into_the_store_by_hand_release_nothing() {
+    let w = World::new();
+    let b = w.broker(state(false));
+    let r = req("breakglass-admin");
+    let id = pending_id(b.credentials(CLAUDE, r.clone()).await);
+    // Bob votes through the daemon (signed); carol's vote is written straight into the store,
+    // as someone with write access to a shared database could.
+    b.vote(uid(BOB), id.clone(), true, None, None).await.unwrap();
+    let store = SqliteStore::open(&w.dir.path().join("approvals.db")).unwrap();
+    let mut row = store.get(&id).unwrap().unwrap();
+    let mut forged = row.votes[0].clone();
+    forged.approver = "carol".into();
+    forged.uids = vec![CAROL];
+    forged.proof = None;
+    row.votes.push(forged);
+    row.stage = crate::approval::Stage::Approved {
+        at: T0,
+        use_by: T0 + 600,
+    };
+    let version = row.version;
+    row.version += 1;
+    assert!(store.replace(version, &row).unwrap());
+    let (c, m) = code(b.credentials(CLAUDE, r.clone()).await);
+    assert_eq!(c, "approval_closed");
+    assert_eq!(
+        m,
+        format!(
+            "approval request {id} cannot be used: approval request {id} has 1 valid signed approval of the 2 needed (the vote of carol is not signed)"
+        )
+    );
+    assert_eq!(b.issuer.calls.load(Ordering::SeqCst), 0);
+    // The refusal is audited.
+    assert!(w.records().iter().any(|rec| rec["kind"] == "denied"
+        && rec["code"] == "approval_closed"
+        && rec["message"].as_str().is_some_and(|m| m.contains("not signed"))));
+    // A vote signed by a key this daemon does not trust counts no more than an unsigned one.
+    let mut v = row.votes[1].clone();
+    crate::approval::proof::sign(
+        &row,
+        &mut v,
+        &ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+    );
+    row.votes[1] = v;
+    let version = row.version;
+    row.version += 1;
+    assert!(store.replace(version, &row).unwrap());
+    let (c, m) = code(b.credentials(CLAUDE, r.clone()).await);
+    assert_eq!(c, "approval_closed");
+    assert!(m.contains("which is not a trusted vote signer"), "{m}");
+    assert_eq!(b.issuer.calls.load(Ordering::SeqCst), 0);
 }

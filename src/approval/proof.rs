@@ -1,0 +1,393 @@
+//! Signed votes (design §8): a vote carries proof of who cast it, a signature by the component
+//! that authenticated the approver (the daemon whose socket the approver used, or a console).
+//! The daemon that redeems an approval counts only votes whose signature checks against a key
+//! it trusts, so a row written straight into a shared database releases nothing.
+//!
+//! Pure: keys come in, a verdict goes out.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{ApprovalRequest, Requirement, Stage, Vote};
+use crate::policy::hex;
+
+/// Who signed a vote (the fingerprint of their public key) and the Ed25519 signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proof {
+    pub key: String,
+    pub sig: String,
+}
+
+/// The keys whose signed votes count: this daemon's own and the configured vote signers, each
+/// with a name for messages.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    keys: Vec<(String, String, VerifyingKey)>,
+}
+
+impl Trust {
+    pub fn new(keys: impl IntoIterator<Item = (String, VerifyingKey)>) -> Trust {
+        Trust {
+            keys: keys
+                .into_iter()
+                .map(|(name, k)| (name, fingerprint(&k), k))
+                .collect(),
+        }
+    }
+
+    fn key(&self, fingerprint: &str) -> Option<&VerifyingKey> {
+        self.keys
+            .iter()
+            .find(|(_, f, _)| f == fingerprint)
+            .map(|(_, _, k)| k)
+    }
+
+    /// The names of the trusted signers, for messages.
+    pub fn names(&self) -> Vec<&str> {
+        self.keys.iter().map(|(n, _, _)| n.as_str()).collect()
+    }
+}
+
+/// Short, stable name of a public key (first 16 hex digits of its sha256): the same as the
+/// audit checkpoints'.
+pub fn fingerprint(key: &VerifyingKey) -> String {
+    hex(&Sha256::digest(key.as_bytes()))[..16].to_owned()
+}
+
+/// What is signed: the request (id and binding digest) and every field of the vote, in a
+/// length-prefixed encoding.
+fn message(id: &str, digest: &str, v: &Vote) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut field = |s: &[u8]| {
+        out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+        out.extend_from_slice(s);
+    };
+    field(b"mandate-vote-v1");
+    field(id.as_bytes());
+    field(digest.as_bytes());
+    field(v.approver.as_bytes());
+    field(&[u8::from(v.approve)]);
+    field(&v.at.to_be_bytes());
+    match &v.note {
+        None => field(b"\x00"),
+        Some(n) => field(format!("\x01{n}").as_bytes()),
+    }
+    let uids: Vec<u8> = v.uids.iter().flat_map(|u| u.to_be_bytes()).collect();
+    field(&uids);
+    out
+}
+
+/// Signs `vote` as cast on request `r`.
+pub fn sign(r: &ApprovalRequest, vote: &mut Vote, key: &SigningKey) {
+    vote.proof = None;
+    let sig = key.sign(&message(r.id.as_str(), &r.digest, vote));
+    vote.proof = Some(Proof {
+        key: fingerprint(&key.verifying_key()),
+        sig: hex(&sig.to_bytes()),
+    });
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Why a vote does not count, if it does not.
+fn check(r: &ApprovalRequest, v: &Vote, trust: &Trust) -> Result<(), String> {
+    let Some(p) = &v.proof else {
+        return Err(format!("the vote of {} is not signed", v.approver));
+    };
+    let Some(key) = trust.key(&p.key) else {
+        return Err(format!(
+            "the vote of {} is signed by key {}, which is not a trusted vote signer",
+            v.approver, p.key
+        ));
+    };
+    let sig = unhex(&p.sig)
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .map(|b| Signature::from_bytes(&b));
+    let Some(sig) = sig else {
+        return Err(format!(
+            "the vote of {} has a malformed signature",
+            v.approver
+        ));
+    };
+    let mut unsigned = v.clone();
+    unsigned.proof = None;
+    key.verify(&message(r.id.as_str(), &r.digest, &unsigned), &sig)
+        .map_err(|_| {
+            format!(
+                "the signature on the vote of {} does not match this request",
+                v.approver
+            )
+        })
+}
+
+/// Whether the stored, approved request `r` really is approved: enough distinct approvers
+/// with valid signed votes from trusted signers (never the operator for a peer approval, only
+/// the operator for an operator approval), no valid signed rejection, the binding digest is
+/// the binding's own, and the approval is still within `use_within` of the vote that
+/// completed it. What the stored stage says about itself is not trusted.
+pub fn check_approved(
+    r: &ApprovalRequest,
+    trust: &Trust,
+    use_within: i64,
+    now: i64,
+) -> Result<(), String> {
+    if r.digest != r.binding.digest() {
+        return Err(format!(
+            "approval request {} does not match its own binding",
+            r.id
+        ));
+    }
+    if !matches!(r.stage, Stage::Approved { .. }) {
+        return Err(format!("approval request {} is not approved", r.id));
+    }
+    let mut counted: Vec<(&str, i64)> = Vec::new();
+    let mut problems = Vec::new();
+    for v in &r.votes {
+        if let Err(why) = check(r, v, trust) {
+            problems.push(why);
+            continue;
+        }
+        if !v.approve {
+            return Err(format!(
+                "approval request {} was rejected by {}",
+                r.id, v.approver
+            ));
+        }
+        let eligible = match &r.requirement {
+            Requirement::Operator { operator } => v.approver == *operator,
+            Requirement::Peers { operator, .. } => operator.as_deref() != Some(&v.approver),
+        };
+        if eligible && !counted.iter().any(|(a, _)| *a == v.approver) {
+            counted.push((&v.approver, v.at));
+        }
+    }
+    if counted.len() < r.needed() {
+        let mut why = format!(
+            "approval request {} has {} valid signed approval{} of the {} needed",
+            r.id,
+            counted.len(),
+            if counted.len() == 1 { "" } else { "s" },
+            r.needed()
+        );
+        if !problems.is_empty() {
+            why.push_str(&format!(" ({})", problems.join("; ")));
+        }
+        return Err(why);
+    }
+    // The approval completes with the n-th approval in time; it is usable for use_within.
+    let mut times: Vec<i64> = counted.iter().map(|(_, at)| *at).collect();
+    times.sort_unstable();
+    let completed = times[r.needed() - 1];
+    if now >= completed.saturating_add(use_within) {
+        return Err(format!(
+            "approval request {} was approved at {} and not used within {use_within} s",
+            r.id,
+            crate::clock::rfc3339(completed)
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::approval::tests::{AGENT_UIDS, NOW, USE, operator_req, peers_req, voter};
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn trust(keys: &[&SigningKey]) -> Trust {
+        Trust::new(
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (format!("signer{i}"), k.verifying_key())),
+        )
+    }
+
+    /// `r` after `approver` voted, the vote signed with `k`.
+    fn signed_vote(
+        r: &ApprovalRequest,
+        approver: &str,
+        uid: u32,
+        approve: bool,
+        k: &SigningKey,
+    ) -> ApprovalRequest {
+        let (mut next, _) = r
+            .vote(
+                &voter(approver, &[uid]),
+                AGENT_UIDS,
+                approve,
+                None,
+                NOW,
+                USE,
+            )
+            .unwrap();
+        let last = next.votes.len() - 1;
+        let mut v = next.votes[last].clone();
+        sign(&next, &mut v, k);
+        next.votes[last] = v;
+        next
+    }
+
+    #[test]
+    fn a_vote_signed_by_a_trusted_key_approves() {
+        let k = key(1);
+        let r = signed_vote(&operator_req(), "alice", 1000, true, &k);
+        assert_eq!(check_approved(&r, &trust(&[&k]), USE, NOW), Ok(()));
+    }
+
+    #[test]
+    fn forged_and_tampered_votes_release_nothing() {
+        let k = key(1);
+        let other = key(2);
+        let good = signed_vote(&operator_req(), "alice", 1000, true, &k);
+        let id = good.id.clone();
+        let mut unsigned = good.clone();
+        unsigned.votes[0].proof = None;
+        let mut tampered = good.clone();
+        tampered.votes[0].at += 1;
+        let mut moved = good.clone();
+        moved.binding.reason = Some("another".into());
+        moved.digest = moved.binding.digest();
+        let mut bad_sig = good.clone();
+        bad_sig.votes[0].proof.as_mut().unwrap().sig = "zz".into();
+        let mut stage_only = operator_req();
+        stage_only.stage = Stage::Approved {
+            at: NOW,
+            use_by: NOW + USE,
+        };
+        let cases: Vec<(&str, ApprovalRequest, Trust, String)> = vec![
+            (
+                "no signature",
+                unsigned,
+                trust(&[&k]),
+                format!(
+                    "approval request {id} has 0 valid signed approvals of the 1 needed (the vote of alice is not signed)"
+                ),
+            ),
+            (
+                "an untrusted signer",
+                good.clone(),
+                trust(&[&other]),
+                format!(
+                    "approval request {id} has 0 valid signed approvals of the 1 needed (the vote of alice is signed by key {}, which is not a trusted vote signer)",
+                    fingerprint(&k.verifying_key())
+                ),
+            ),
+            (
+                "a changed vote",
+                tampered,
+                trust(&[&k]),
+                format!(
+                    "approval request {id} has 0 valid signed approvals of the 1 needed (the signature on the vote of alice does not match this request)"
+                ),
+            ),
+            (
+                "votes moved to another request",
+                moved,
+                trust(&[&k]),
+                format!(
+                    "approval request {id} has 0 valid signed approvals of the 1 needed (the signature on the vote of alice does not match this request)"
+                ),
+            ),
+            (
+                "a malformed signature",
+                bad_sig,
+                trust(&[&k]),
+                format!(
+                    "approval request {id} has 0 valid signed approvals of the 1 needed (the vote of alice has a malformed signature)"
+                ),
+            ),
+            (
+                "a stage set without votes",
+                stage_only,
+                trust(&[&k]),
+                format!("approval request {id} has 0 valid signed approvals of the 1 needed"),
+            ),
+        ];
+        for (what, r, t, want) in cases {
+            assert_eq!(check_approved(&r, &t, USE, NOW), Err(want), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_binding_that_does_not_match_its_digest_is_refused() {
+        let k = key(1);
+        let mut r = signed_vote(&operator_req(), "alice", 1000, true, &k);
+        r.binding.duration_seconds += 1;
+        assert_eq!(
+            check_approved(&r, &trust(&[&k]), USE, NOW),
+            Err(format!(
+                "approval request {} does not match its own binding",
+                r.id
+            ))
+        );
+    }
+
+    #[test]
+    fn peers_count_once_and_never_the_operator() {
+        let k = key(1);
+        let r = peers_req(2);
+        let one = signed_vote(&r, "bob", 1001, true, &k);
+        let two = signed_vote(&one, "carol", 1002, true, &k);
+        assert_eq!(check_approved(&two, &trust(&[&k]), USE, NOW), Ok(()));
+        // A forged second copy of bob's vote (signed, but the same approver) counts once.
+        let mut dup = one.clone();
+        dup.votes.push(one.votes[0].clone());
+        dup.stage = two.stage.clone();
+        assert!(check_approved(&dup, &trust(&[&k]), USE, NOW).is_err());
+        // A signed vote of the operator written in by hand does not count as a peer.
+        let mut op = one.clone();
+        let mut v = one.votes[0].clone();
+        v.approver = "alice".into();
+        sign(&op, &mut v, &k);
+        op.votes.push(v);
+        op.stage = two.stage.clone();
+        assert_eq!(
+            check_approved(&op, &trust(&[&k]), USE, NOW),
+            Err(format!(
+                "approval request {} has 1 valid signed approval of the 2 needed",
+                op.id
+            ))
+        );
+    }
+
+    #[test]
+    fn a_signed_rejection_stands_and_an_old_approval_expires() {
+        let k = key(1);
+        let r = signed_vote(&peers_req(1), "bob", 1001, true, &k);
+        assert_eq!(
+            check_approved(&r, &trust(&[&k]), USE, NOW + USE - 1),
+            Ok(())
+        );
+        assert!(
+            check_approved(&r, &trust(&[&k]), USE, NOW + USE)
+                .unwrap_err()
+                .contains("not used within")
+        );
+        let mut rejected = r.clone();
+        let mut v = r.votes[0].clone();
+        v.approver = "carol".into();
+        v.approve = false;
+        sign(&rejected, &mut v, &k);
+        rejected.votes.push(v);
+        assert_eq!(
+            check_approved(&rejected, &trust(&[&k]), USE, NOW),
+            Err(format!(
+                "approval request {} was rejected by carol",
+                rejected.id
+            ))
+        );
+    }
+}
