@@ -144,6 +144,10 @@ pub enum BrokerError {
     Sts(#[from] StsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Team mode: this daemon cannot confirm that its view of the shared stop buttons (pause,
+    /// revocations, breakers) is fresh, so it issues nothing (fail closed).
+    #[error("{0}")]
+    Stale(String),
     #[error(
         "{0}; the revocation is in force for new issuance, but sessions already issued are not denied at AWS (fix the cause and run the same `mandate revoke --aws` again)"
     )]
@@ -158,6 +162,7 @@ impl BrokerError {
             BrokerError::Audit(_) => "audit_unavailable",
             BrokerError::Sts(_) => "sts_error",
             BrokerError::Store(_) => "store_unavailable",
+            BrokerError::Stale(_) => "store_stale",
             BrokerError::Iam(_) => "iam_error",
         }
     }

@@ -27,6 +27,8 @@ impl<I: Issuer> Broker<I> {
         req: CredRequest,
     ) -> Result<Issued, BrokerError> {
         self.audit_available()?;
+        // Team mode: fail closed when the view of the shared stop buttons is not current.
+        self.fresh().map_err(BrokerError::Stale)?;
         let state = self.state();
         let controls = self.controls();
         match authorize(&state, &controls, &caller, &req) {

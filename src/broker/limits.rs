@@ -32,7 +32,9 @@ impl<I: Issuer> Broker<I> {
         let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         let c = counters.entry(agent.to_owned()).or_default();
         prune(&mut c.issuances, now - limits.window.as_secs() as i64);
-        if c.issuances.len() >= limits.max_issuances as usize {
+        // Team mode: limits hold across the daemons sharing the store.
+        let remote = self.remote_counts(agent);
+        if c.issuances.len() + remote.issued as usize >= limits.max_issuances as usize {
             return Err(Denial {
                 code: DenyCode::RateLimited,
                 message: format!(
@@ -44,7 +46,7 @@ impl<I: Issuer> Broker<I> {
             });
         }
         drop(counters);
-        let live = self.sessions(Some(agent)).len();
+        let live = self.sessions(Some(agent)).len() + remote.live as usize;
         if live >= limits.max_live_sessions as usize {
             return Err(Denial {
                 code: DenyCode::TooManySessions,

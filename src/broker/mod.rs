@@ -31,6 +31,7 @@ mod parts;
 mod records;
 mod request;
 mod sessions;
+mod shared;
 mod state;
 mod status;
 mod volume;
@@ -41,6 +42,7 @@ pub use decision::{Candidate, Decision, Grant, authorize};
 pub use error::{BrokerError, Denial, DenyCode, Pending};
 pub use parts::{Clock, Parts, random_id};
 pub use request::{Caller, CredRequest, Issued};
+pub use shared::Freshness;
 pub use state::State;
 
 pub struct Broker<I: Issuer> {
@@ -55,6 +57,8 @@ pub struct Broker<I: Issuer> {
     volume: volume::Volume,
     /// Serializes changes to revocations, trips and the pause (rare, human-driven).
     admin: tokio::sync::Mutex<()>,
+    /// Team mode: how current this daemon's view of the shared store is.
+    view: Mutex<shared::View>,
 }
 
 /// Upper bound on how long a caller may wait for a mint, however STS behaves.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::{Broker, Controls, State, sessions, volume};
+use super::{Broker, Controls, State, sessions, shared, volume};
 use crate::audit::AuditLog;
 use crate::aws::{Issuer, Revoker};
 use crate::clock;
@@ -82,6 +82,7 @@ impl<I: Issuer> Broker<I> {
                 .collect(),
         };
         let sessions = sessions::load(&*parts.store, (parts.clock)())?;
+        let view = shared::View::new(parts.store.describe().shared, (parts.clock)());
         Ok(Broker {
             state: RwLock::new(Arc::new(state)),
             issuer,
@@ -93,6 +94,7 @@ impl<I: Issuer> Broker<I> {
             counters: Mutex::new(HashMap::new()),
             volume: volume::Volume::default(),
             admin: tokio::sync::Mutex::new(()),
+            view: Mutex::new(view),
         })
     }
 

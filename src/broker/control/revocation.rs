@@ -40,7 +40,14 @@ impl<I: Issuer> Broker<I> {
         let what = format!("revoke {scope}");
         let approver = self.approver(&caller, None, &what).await?;
         let state = self.state();
-        let (scope, roles) = match self.scope_roles(&state, &scope) {
+        // A session is found in the store too: one issued before a restart, or (team mode) by
+        // another daemon.
+        let mut sessions = self.sessions(None);
+        if matches!(scope, Scope::Session(_)) {
+            let now = self.now();
+            sessions.extend(self.db(move |s| s.sessions(now)).await?);
+        }
+        let (scope, roles) = match self.scope_roles(&state, &scope, &sessions) {
             Ok(r) => r,
             Err(m) => {
                 let d = Denial {
@@ -249,7 +256,12 @@ impl<I: Issuer> Broker<I> {
 
     /// The role ARNs a scope's sessions can have, and the scope with a session named by its
     /// request id (what its `mandate-request-id` tag and the cache know it by).
-    fn scope_roles(&self, state: &State, scope: &Scope) -> Result<(Scope, Vec<String>), String> {
+    fn scope_roles(
+        &self,
+        state: &State,
+        scope: &Scope,
+        sessions: &[crate::store::SessionInfo],
+    ) -> Result<(Scope, Vec<String>), String> {
         let mut scope = scope.clone();
         let role_of = |profile: &str| {
             state
@@ -272,7 +284,6 @@ impl<I: Issuer> Broker<I> {
                 None => return Err(format!("no profile named {}", crate::diag::quoted(p))),
             },
             Scope::Session(id) => {
-                let sessions = self.sessions(None);
                 match sessions
                     .iter()
                     .find(|s| s.request_id == *id || s.session_name == *id)

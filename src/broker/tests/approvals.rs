@@ -736,7 +736,9 @@ async fn votes_written_into_the_store_by_hand_release_nothing() {
     let id = pending_id(b.credentials(CLAUDE, r.clone()).await);
     // Bob votes through the daemon (signed); carol's vote is written straight into the store,
     // as someone with write access to a shared database could.
-    b.vote(uid(BOB), id.clone(), true, None, None).await.unwrap();
+    b.vote(uid(BOB), id.clone(), true, None, None)
+        .await
+        .unwrap();
     let store = SqliteStore::open(&w.dir.path().join("approvals.db")).unwrap();
     let mut row = store.get(&id).unwrap().unwrap();
     let mut forged = row.votes[0].clone();
@@ -761,9 +763,13 @@ async fn votes_written_into_the_store_by_hand_release_nothing() {
     );
     assert_eq!(b.issuer.calls.load(Ordering::SeqCst), 0);
     // The refusal is audited.
-    assert!(w.records().iter().any(|rec| rec["kind"] == "denied"
-        && rec["code"] == "approval_closed"
-        && rec["message"].as_str().is_some_and(|m| m.contains("not signed"))));
+    assert!(w.records().iter().any(|rec| {
+        rec["kind"] == "denied"
+            && rec["code"] == "approval_closed"
+            && rec["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not signed"))
+    }));
     // A vote signed by a key this daemon does not trust counts no more than an unsigned one.
     let mut v = row.votes[1].clone();
     crate::approval::proof::sign(

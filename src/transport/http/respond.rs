@@ -65,6 +65,9 @@ fn public_message(e: &BrokerError) -> &'static str {
         BrokerError::Store(_) => {
             "the broker's approval store is unavailable, so no credentials are issued"
         }
+        BrokerError::Stale(_) => {
+            "the broker cannot confirm that its shared state is current, so no credentials are issued"
+        }
         BrokerError::Iam(_) => "the broker cannot reach AWS IAM",
         BrokerError::Audit(_) => {
             "the broker's audit log is unavailable, so no credentials are issued"
