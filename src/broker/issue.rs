@@ -243,6 +243,7 @@ impl Mint<'_> {
             access_key_id: creds.access_key_id.clone(),
             expiration: clock::rfc3339(creds.expiration),
             request_id: self.request_id.clone(),
+            daemon: String::new(),
             expires_at: creds.expiration,
         }
     }

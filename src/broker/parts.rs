@@ -81,7 +81,8 @@ impl<I: Issuer> Broker<I> {
                 .map(|t| (t.agent.clone(), t))
                 .collect(),
         };
-        let sessions = sessions::load(&*parts.store, (parts.clock)())?;
+        let me = shared::daemon_id(&parts.vote_key);
+        let sessions = sessions::load(&*parts.store, (parts.clock)(), &me)?;
         let view = shared::View::new(parts.store.describe().shared, (parts.clock)());
         Ok(Broker {
             state: RwLock::new(Arc::new(state)),

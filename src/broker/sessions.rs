@@ -10,13 +10,15 @@ use crate::store::{SessionInfo, Store, StoreError};
 /// Sessions kept in memory at most (expired ones are dropped first).
 const MAX_INDEXED: usize = 100_000;
 
-/// The live sessions in the store at `now`.
-pub(super) fn load(store: &dyn Store, now: i64) -> Result<Vec<SessionInfo>, StoreError> {
+/// The live sessions this daemon issued (`me`: its id) in the store at `now`. Another daemon's
+/// sessions are its own to index (and count toward limits through `remote_counts`).
+pub(super) fn load(store: &dyn Store, now: i64, me: &str) -> Result<Vec<SessionInfo>, StoreError> {
     // `expires_at` is not in the stored JSON's serialized form; it comes back from the
     // expiration text.
     Ok(store
         .sessions(now)?
         .into_iter()
+        .filter(|s| s.daemon.is_empty() || s.daemon == me)
         .map(|mut s| {
             s.expires_at = clock::parse_rfc3339_millis(&s.expiration).map_or(0, |ms| ms / 1000);
             s

@@ -82,6 +82,17 @@ impl<I: Issuer> Broker<I> {
         self.view.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether other daemons may share this broker's store (team mode).
+    pub fn shares_store(&self) -> bool {
+        self.parts.store.describe().shared
+    }
+
+    /// The store's notices of other daemons' changes (`None` for a store nobody else
+    /// writes). Call from within the runtime.
+    pub fn subscribe_store(&self) -> Option<tokio::sync::mpsc::Receiver<Notice>> {
+        self.parts.store.subscribe()
+    }
+
     /// Fail closed on staleness: an error when other daemons share the store and this one has
     /// not confirmed its view of the stop buttons within the bound.
     pub(super) fn fresh(&self) -> Result<(), String> {

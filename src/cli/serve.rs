@@ -273,8 +273,20 @@ async fn run_until_stopped(
             }
         })
     };
+    // Team mode: the view of the shared store follows other daemons' changes.
+    let follower = broker.shares_store().then(|| {
+        let notices = broker.subscribe_store();
+        tokio::spawn(
+            broker
+                .clone()
+                .follow(notices, store_freshness(c), stop_rx.clone()),
+        )
+    });
     server::serve(broker.clone(), listener, shutdown_signal()).await;
     let _ = stop_tx.send(true);
+    if let Some(t) = follower {
+        let _ = t.await;
+    }
     if let Some(t) = http_task {
         let _ = t.await;
     }
@@ -286,6 +298,11 @@ async fn run_until_stopped(
     let _ = audit.checkpoint_now().await;
     tracing::info!("mandate stopped");
     Exit::Ok
+}
+
+/// How often the view of a shared store is re-read, and how old it may get.
+fn store_freshness(_c: &config::Config) -> mandate::broker::Freshness {
+    mandate::broker::Freshness::default()
 }
 
 async fn shutdown_signal() {

@@ -182,6 +182,10 @@ pub struct SessionInfo {
     pub access_key_id: String,
     pub expiration: String,
     pub request_id: String,
+    /// Team mode: the daemon that issued it (its key fingerprint), as a shared store reports
+    /// it; empty in a store only one daemon uses.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub daemon: String,
     #[serde(skip_serializing, default)]
     pub(crate) expires_at: i64,
 }
