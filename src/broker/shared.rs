@@ -49,6 +49,8 @@ pub(super) struct View {
     stale: bool,
     remote: HashMap<String, RemoteCounts>,
     daemons: Vec<DaemonInfo>,
+    /// The last audit checkpoint (seq) anchored in the store.
+    anchored: u64,
 }
 
 impl View {
@@ -62,6 +64,7 @@ impl View {
             stale: false,
             remote: HashMap::new(),
             daemons: Vec::new(),
+            anchored: 0,
         }
     }
 }
@@ -208,7 +211,6 @@ impl<I: Issuer> Broker<I> {
             started_at: self.now(),
             seen_at: self.now(),
         };
-        let mut anchored = 0u64;
         let mut tick = tokio::time::interval(freshness.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -226,7 +228,7 @@ impl<I: Issuer> Broker<I> {
                     if let Err(e) = self.db(move |s| s.heartbeat(&beat)).await {
                         tracing::debug!(error = %e, "heartbeat");
                     }
-                    anchored = self.anchor_checkpoints(&me.id, anchored).await;
+                    self.anchor_checkpoints().await;
                     continue;
                 }
             };
@@ -261,14 +263,19 @@ impl<I: Issuer> Broker<I> {
         }
     }
 
-    /// Writes the checkpoints signed since `after` (a seq) into the store; returns the last
-    /// seq anchored.
-    async fn anchor_checkpoints(&self, me: &str, after: u64) -> u64 {
+    /// Writes the audit checkpoints signed since the last call into a shared store: an anchor
+    /// off the host (`mandate audit verify --store`). Also called on the way out, after the
+    /// last checkpoint.
+    pub async fn anchor_checkpoints(&self) {
+        if !self.shares_store() {
+            return;
+        }
         let path = self
             .audit
             .dir()
             .join(crate::audit::checkpoint::CHECKPOINT_FILE);
-        let me = me.to_owned();
+        let me = daemon_id(&self.parts.vote_key);
+        let after = self.view().anchored;
         let r = self
             .db(move |s| {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -288,11 +295,8 @@ impl<I: Issuer> Broker<I> {
             })
             .await;
         match r {
-            Ok(last) => last,
-            Err(e) => {
-                tracing::debug!(error = %e, "could not anchor the audit checkpoints");
-                after
-            }
+            Ok(last) => self.view().anchored = last,
+            Err(e) => tracing::debug!(error = %e, "could not anchor the audit checkpoints"),
         }
     }
 

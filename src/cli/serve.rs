@@ -296,6 +296,7 @@ async fn run_until_stopped(
     let _ = broker.flush_deliveries(true).await;
     let _ = audit.append_durable(Record::new(Kind::Stopped)).await;
     let _ = audit.checkpoint_now().await;
+    broker.anchor_checkpoints().await;
     tracing::info!("mandate stopped");
     Exit::Ok
 }

@@ -315,7 +315,16 @@ impl Daemon {
     /// Starts the daemon, optionally through a wrapper shell snippet run by `bash -c` that ends
     /// in `exec "$@"` (to set resource limits, say).
     pub fn start_wrapped(config: &str, env: &[(&str, &str)], wrapper: Option<&str>) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), config, env, wrapper)
+    }
+
+    /// Starts the daemon in `dir` (which may already hold a state directory from `mandate init`).
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(&str, &str)],
+        wrapper: Option<&str>,
+    ) -> Daemon {
         let path = dir.path().join("broker.toml");
         std::fs::write(&path, config).unwrap();
         let stderr = dir.path().join("daemon.log");
