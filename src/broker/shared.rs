@@ -301,15 +301,17 @@ impl<I: Issuer> Broker<I> {
     }
 
     /// The store as `status` shows it: what it is, how fresh this daemon's view of it is, and
-    /// the daemons seen recently.
-    pub(super) fn store_view(&self) -> serde_json::Value {
+    /// (to approvers) where it is and the daemons seen recently.
+    pub(super) fn store_view(&self, approver: bool) -> serde_json::Value {
         let info = self.parts.store.describe();
         let v = self.view();
         let mut out = serde_json::json!({
             "kind": info.kind,
-            "location": info.location,
             "shared": info.shared,
         });
+        if approver {
+            out["location"] = info.location.into();
+        }
         if let Some(f) = v.freshness {
             let age = v.confirmed.elapsed();
             out["fresh"] = (age <= f.stale_after).into();
@@ -318,6 +320,8 @@ impl<I: Issuer> Broker<I> {
             out["stale_after_seconds"] = f.stale_after.as_secs().into();
             out["listening"] = v.listening.into();
             out["problem"] = v.problem.clone().into();
+        }
+        if let (Some(_), true) = (v.freshness, approver) {
             out["daemon"] = daemon_id(&self.parts.vote_key).into();
             out["daemons"] = v
                 .daemons

@@ -82,7 +82,7 @@ impl<I: Issuer> Broker<I> {
                 "profiles": a.profiles.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "audit_ok": !self.audit().is_failed(),
-            "store": self.store_view(),
+            "store": self.store_view(filter.is_none()),
             "paused": controls.paused.as_ref().map(|p| with_time(serde_json::to_value(p).unwrap_or_default())),
             "breakers": controls.trips.values().filter(|t| filter.is_none_or(|f| f == t.agent)).map(|t| with_time(serde_json::to_value(t).unwrap_or_default())).collect::<Vec<_>>(),
         }))

@@ -259,6 +259,60 @@ pub fn exec(
     }
 }
 
+/// The store's line of `status`: where the state lives and, in team mode, how fresh this
+/// daemon's view of it is and which daemons share it.
+fn store_line(store: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| one_line(v.as_str().unwrap_or(""));
+    if store.is_null() {
+        return String::new();
+    }
+    let mut line = format!("store: {}", text(&store["kind"]));
+    if let Some(l) = store["location"].as_str() {
+        line.push_str(&format!(" {}", one_line(l)));
+    }
+    if store["shared"] != true {
+        return line + "\n";
+    }
+    let age = store["age_seconds"].as_u64().unwrap_or(0);
+    if store["fresh"] == true {
+        line.push_str(&format!(", shared; view confirmed {age} s ago"));
+    } else {
+        line = format!(
+            "STORE STALE: {line}, view last confirmed {age} s ago (the bound is {} s){}: nothing is issued until it answers",
+            store["stale_after_seconds"].as_u64().unwrap_or(0),
+            store["problem"]
+                .as_str()
+                .map(|p| format!(" ({})", one_line(p)))
+                .unwrap_or_default()
+        );
+    }
+    if store["listening"] == false {
+        line.push_str("; not hearing notifications (resyncing periodically)");
+    }
+    let daemons: Vec<String> = store["daemons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            format!(
+                "{} ({}, seen {})",
+                text(&d["host"]),
+                text(&d["id"]),
+                text(&d["seen_at"])
+            )
+        })
+        .collect();
+    if !daemons.is_empty() {
+        line.push_str(&format!(
+            "; {} daemon{} seen: {}",
+            daemons.len(),
+            if daemons.len() == 1 { "" } else { "s" },
+            daemons.join(", ")
+        ));
+    }
+    line + "\n"
+}
+
 /// `status`: live sessions per agent.
 pub fn status(config_flag: Option<PathBuf>, json: bool) -> Exit {
     let resp = match call(config_flag.as_deref(), &Request::Status) {
@@ -281,6 +335,7 @@ pub fn status(config_flag: Option<PathBuf>, json: bool) -> Exit {
     ));
     // What stops issuance comes first: during an incident that is what a human looks for.
     let text = |v: &serde_json::Value| one_line(v.as_str().unwrap_or(""));
+    out.push_str(&store_line(&status["store"]));
     if let Some(p) = status["paused"].as_object() {
         out.push_str(&format!(
             "PAUSED since {} by {}{}: nothing is issued until `mandate resume`\n",
