@@ -10,10 +10,14 @@ use std::path::PathBuf;
 use crate::approval::{ApprovalId, ApprovalRequest};
 use crate::revoke::{Pause, Revocation, Trip};
 
+#[doc(hidden)]
+pub mod contract;
+pub mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod tests;
 
+pub use postgres::{PgOptions, PgPassword, PgStore, PgTls};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
