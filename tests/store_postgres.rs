@@ -416,3 +416,82 @@ fn verify_full_trusts_only_the_given_ca() {
     let text = no_password(&pg, &e);
     assert!(text.contains("certificate"), "{text}");
 }
+
+#[test]
+fn the_daemon_serves_from_the_shared_store_and_refuses_to_start_without_it() {
+    let moto = common::Moto::start();
+    let pg = Postgres::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("broker.toml");
+
+    // `config check` takes [store] and says what is wrong with it.
+    let bad = common::config_text(
+        &moto.endpoint(),
+        &pg.store_toml()
+            .replace("sslmode=disable", "sslmode=require"),
+    );
+    std::fs::write(&cfg, &bad).unwrap();
+    let out = common::mandate_at(&cfg)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("store.url: sslmode=require does not check the server's certificate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let good = common::config_text(&moto.endpoint(), &pg.store_toml());
+    std::fs::write(&cfg, &good).unwrap();
+    let out = common::mandate_at(&cfg)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The daemon keeps its sessions in the database, marked with its key's fingerprint.
+    let d = common::Daemon::start(&good);
+    let out = d.mandate(&["credential-process", "readonly"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = d.log();
+    assert!(log.contains("opened the store"), "{log}");
+    assert!(log.contains("postgres"), "{log}");
+    let public = std::fs::read_to_string(d.dir.path().join("state/signing.pub")).unwrap();
+    let key = mandate::audit::checkpoint::parse_public(&public).unwrap();
+    let id = mandate::audit::checkpoint::fingerprint(&key);
+    let rows = pg.psql("mandate", "SELECT agent, daemon FROM sessions");
+    assert_eq!(rows.trim(), format!("claude|{id}"));
+    drop(d);
+
+    // Nothing listening at start: the daemon does not start.
+    let dead = good.replace(
+        &format!(":{}/", pg.port()),
+        &format!(":{}/", common::free_port()),
+    );
+    std::fs::write(&cfg, &dead).unwrap();
+    let init = common::mandate_at(&cfg).arg("init").output().unwrap();
+    assert_eq!(
+        init.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let (code, err) = common::serve_once(&cfg);
+    assert_eq!(code, Some(6), "{err}");
+    assert!(
+        err.contains("refusing to start without the approval store"),
+        "{err}"
+    );
+    assert!(!err.contains(pg.password()), "{err}");
+}
