@@ -1008,24 +1008,33 @@ fn notice(payload: &str) -> Option<Notice> {
 /// (as it does on `Controls`, and every `resync` anyway), so what was dropped is not lost.
 async fn listen(i: Arc<Inner>, tx: mpsc::Sender<Notice>) {
     let mut backoff = Duration::from_millis(100);
+    // `Lost` once per outage (and once if the first connection fails), not per retry.
+    let mut told = false;
     loop {
+        let mut was_up = false;
         let why = tokio::select! {
-            why = listen_once(&i, &tx, &mut backoff) => why,
+            why = listen_once(&i, &tx, &mut was_up) => why,
             _ = tx.closed() => return,
         };
-        if tx.send(Notice::Lost(why)).await.is_err() {
+        if (was_up || !told) && tx.send(Notice::Lost(why)).await.is_err() {
             return;
         }
+        told = true;
+        backoff = if was_up {
+            Duration::from_millis(100)
+        } else {
+            (backoff * 2).min(Duration::from_secs(2))
+        };
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = tx.closed() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
-/// One connection's life; why it ended.
-async fn listen_once(i: &Arc<Inner>, tx: &mpsc::Sender<Notice>, backoff: &mut Duration) -> String {
+/// One connection's life: connects, listens, forwards; why it ended. `was_up` is set once
+/// `Connected` is sent.
+async fn listen_once(i: &Arc<Inner>, tx: &mpsc::Sender<Notice>, was_up: &mut bool) -> String {
     let (client, mut conn) = match i.connect().await {
         Ok(c) => c,
         Err(e) => return i.err(e).to_string(),
@@ -1048,7 +1057,7 @@ async fn listen_once(i: &Arc<Inner>, tx: &mpsc::Sender<Notice>, backoff: &mut Du
             }
         }
     }
-    *backoff = Duration::from_millis(100);
+    *was_up = true;
     if tx.send(Notice::Connected).await.is_err() {
         return "unsubscribed".into();
     }
