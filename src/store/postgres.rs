@@ -1037,7 +1037,8 @@ async fn listen(i: Arc<Inner>, tx: mpsc::Sender<Notice>) {
 async fn listen_once(i: &Arc<Inner>, tx: &mpsc::Sender<Notice>, was_up: &mut bool) -> String {
     let (client, mut conn) = match i.connect().await {
         Ok(c) => c,
-        Err(e) => return i.err(e).to_string(),
+        Err(Fail::Pg(e)) => return describe_pg(&e),
+        Err(Fail::Other(m) | Fail::Corrupt(m)) => return m,
     };
     let listen = format!("LISTEN {CHANNEL}");
     {
