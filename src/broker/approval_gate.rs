@@ -206,7 +206,7 @@ impl<I: Issuer> Broker<I> {
         digest: &str,
         now: i64,
     ) -> Result<Result<Redemption, RedeemError>, StoreError> {
-        loop {
+        for _ in 0..crate::store::MAX_SWAPS {
             let next = match r.redeem(digest, &random_id(), now) {
                 Ok(n) => n,
                 Err(e) => return Ok(Err(e)),
@@ -236,6 +236,7 @@ impl<I: Issuer> Broker<I> {
                 }
             }
         }
+        Err(StoreError::Contended(r.id.to_string()))
     }
 
     /// Opens an approval request for this exact request (or reports the one already open),

@@ -102,11 +102,16 @@ impl<I: Issuer> Broker<I> {
     /// The keys whose signed votes count here: this daemon's own, and the vote signers of the
     /// config (`[store.vote_signers]`, other daemons and consoles sharing the store).
     pub(super) fn vote_trust(&self, state: &State) -> crate::approval::proof::Trust {
-        let _ = state;
-        crate::approval::proof::Trust::new([(
+        let own = (
             "this daemon".to_owned(),
             self.parts.vote_key.verifying_key(),
-        )])
+        );
+        let configured = state
+            .config
+            .store
+            .iter()
+            .flat_map(|s| s.vote_signers.iter().map(|(n, k)| (n.clone(), *k)));
+        crate::approval::proof::Trust::new(std::iter::once(own).chain(configured))
     }
 
     pub fn now(&self) -> i64 {

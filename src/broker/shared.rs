@@ -99,10 +99,15 @@ impl<I: Issuer> Broker<I> {
     /// Fail closed on staleness: an error when other daemons share the store and this one has
     /// not confirmed its view of the stop buttons within the bound.
     pub(super) fn fresh(&self) -> Result<(), String> {
+        // The bound of the current config (a reload may change it).
+        let bound = self.state().config.store.as_ref().map(|s| s.stale_after);
         let mut v = self.view();
-        let Some(f) = v.freshness else {
+        let Some(mut f) = v.freshness else {
             return Ok(());
         };
+        if let Some(b) = bound {
+            f.stale_after = b;
+        }
         let age = v.confirmed.elapsed();
         if age <= f.stale_after {
             return Ok(());

@@ -30,6 +30,10 @@ pub enum AuditCmd {
         /// what `checkpoint_command` received): detects truncation after the last local one
         #[arg(long, value_name = "FILE")]
         against: Option<PathBuf>,
+        /// Also check against the checkpoints this daemon anchored in the shared store (team
+        /// mode, `[store]`): detects a truncated log or a rewritten tail
+        #[arg(long)]
+        store: bool,
         /// Machine-readable output
         #[arg(long)]
         json: bool,
@@ -83,8 +87,9 @@ pub fn run(config_flag: Option<PathBuf>, cmd: AuditCmd) -> Exit {
             log,
             key,
             against,
+            store,
             json,
-        } => verify_cmd(config_flag.as_deref(), log, key, against, json),
+        } => verify_cmd(config_flag.as_deref(), log, key, (against, store), json),
         AuditCmd::Tail {
             log,
             lines,
@@ -172,11 +177,39 @@ fn merge_checkpoints(
     (local, problem)
 }
 
+/// The checkpoint lines the daemon with key `vk` anchored in the shared store.
+fn store_checkpoints(
+    config_flag: Option<&Path>,
+    vk: &ed25519_dalek::VerifyingKey,
+) -> Result<Vec<u8>, Exit> {
+    use mandate::store::Store;
+    let path = config::locate(config_flag).map_err(|e| config_error(&e))?;
+    let c = config::read(&path).map_err(|e| config_error(&e))?;
+    let Some(s) = &c.store else {
+        eprintln!(
+            "error: --store checks against a shared store, and {} has no [store] table (README \"Team mode\")",
+            path.display()
+        );
+        return Err(Exit::Usage);
+    };
+    let me = checkpoint::fingerprint(vk);
+    let lines = mandate::store::PgStore::open(&super::serve::pg_options(s), &me)
+        .and_then(|store| store.checkpoints(&me))
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            Exit::Unavailable
+        })?;
+    Ok(lines
+        .iter()
+        .flat_map(|l| format!("{l}\n").into_bytes())
+        .collect())
+}
+
 fn verify_cmd(
     config_flag: Option<&Path>,
     log: Option<PathBuf>,
     key: Option<PathBuf>,
-    against: Option<PathBuf>,
+    (against, store): (Option<PathBuf>, bool),
     json: bool,
 ) -> Result<Exit, Exit> {
     let dir = log_dir(config_flag, log)?;
@@ -198,6 +231,18 @@ fn verify_cmd(
         let (theirs, bad_theirs) = checkpoint::read(&shipped, &vk);
         if bad.is_none() {
             bad = bad_theirs.map(|b| format!("{}: {b}", file.display()));
+        }
+        let (merged, conflict) = merge_checkpoints(cps, theirs);
+        cps = merged;
+        if bad.is_none() {
+            bad = conflict;
+        }
+    }
+    if store {
+        let anchored = store_checkpoints(config_flag, &vk)?;
+        let (theirs, bad_theirs) = checkpoint::read(&anchored, &vk);
+        if bad.is_none() {
+            bad = bad_theirs.map(|b| format!("the store's {b}"));
         }
         let (merged, conflict) = merge_checkpoints(cps, theirs);
         cps = merged;

@@ -9,6 +9,7 @@ use mandate::audit::{AuditLog, Kind, Record};
 use mandate::aws::SdkIssuer;
 use mandate::broker::{Broker, State};
 use mandate::config::{self, Config, LogFormat};
+use mandate::store::Store;
 use mandate::transport::socket as server;
 
 use super::{Exit, config_error};
@@ -113,14 +114,11 @@ async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit
     }
     let started = async {
         let (audit, key) = open_audit(&c).await?;
+        let daemon_id = mandate::audit::checkpoint::fingerprint(&key.verifying_key());
         let issuer = SdkIssuer::new(&c.region, c.endpoint_url.as_deref(), c.sts_timeout)
             .await
             .map_err(unavailable)?;
-        // Approvals, revocations, breaker trips and the pause survive restarts here.
-        let store = mandate::store::SqliteStore::open(&c.store_path()).map_err(|e| {
-            eprintln!("error: {e}; refusing to start without the approval store");
-            Exit::Unavailable
-        })?;
+        let store = open_store(&c, daemon_id).await?;
         record_start(&audit, loaded.profiles.len()).await?;
         let listeners = bind(&c).await?;
         let broker = build_broker(&c, loaded, issuer, store, audit.clone(), key)?;
@@ -151,6 +149,61 @@ async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit
 fn unavailable(e: impl std::fmt::Display) -> Exit {
     eprintln!("error: {e}");
     Exit::Unavailable
+}
+
+/// Approvals, revocations, breaker trips, the pause and the session index survive restarts
+/// here: the SQLite file in the state directory, or with `[store]` the shared database (team
+/// mode), which must answer now or the daemon does not start.
+async fn open_store(c: &config::Config, daemon_id: String) -> Result<Arc<dyn Store>, Exit> {
+    let refuse = |e: mandate::store::StoreError| {
+        eprintln!("error: {e}; refusing to start without the approval store");
+        Exit::Unavailable
+    };
+    let store: Arc<dyn Store> = match &c.store {
+        None => Arc::new(mandate::store::SqliteStore::open(&c.store_path()).map_err(refuse)?),
+        Some(s) => {
+            let opts = pg_options(s);
+            let opened = tokio::task::spawn_blocking(move || {
+                mandate::store::PgStore::open(&opts, &daemon_id)
+            })
+            .await
+            .map_err(unavailable)?;
+            Arc::new(opened.map_err(refuse)?)
+        }
+    };
+    let info = store.describe();
+    tracing::info!(kind = info.kind, location = %info.location, shared = info.shared, "opened the store");
+    Ok(store)
+}
+
+/// `[store]` as the PostgreSQL backend takes it (`store` sits below `config` in the layers).
+pub(super) fn pg_options(s: &config::StoreConfig) -> mandate::store::PgOptions {
+    use mandate::store::{PgPassword, PgTls};
+    mandate::store::PgOptions {
+        host: s.url.host.clone(),
+        port: s.url.port,
+        dbname: s.url.dbname.clone(),
+        user: s.url.user.clone(),
+        tls: match (s.url.sslmode, &s.ca_file) {
+            (config::SslMode::VerifyFull, Some(ca)) => PgTls::VerifyFull {
+                ca_file: ca.clone(),
+            },
+            // The config refuses verify-full without ca_file; an empty trust store would
+            // refuse every server anyway.
+            (config::SslMode::VerifyFull, None) => PgTls::VerifyFull {
+                ca_file: PathBuf::new(),
+            },
+            (config::SslMode::Disable, _) => PgTls::Disable,
+        },
+        password: match &s.password {
+            None => PgPassword::None,
+            Some(config::PasswordSource::File(f)) => PgPassword::File(f.clone()),
+            Some(config::PasswordSource::Env(v)) => PgPassword::Env(v.clone()),
+        },
+        connect_timeout: s.connect_timeout,
+        statement_timeout: s.statement_timeout,
+        pool: s.pool,
+    }
 }
 
 /// No audit, no credentials: the log must be usable before anything is bound. A torn final
@@ -209,7 +262,7 @@ fn build_broker(
     c: &config::Config,
     loaded: config::Loaded,
     issuer: SdkIssuer,
-    store: mandate::store::SqliteStore,
+    store: Arc<dyn Store>,
     audit: AuditLog,
     key: ed25519_dalek::SigningKey,
 ) -> Result<Arc<Broker<SdkIssuer>>, Exit> {
@@ -219,7 +272,7 @@ fn build_broker(
     }
     let base_is_temporary = issuer.base_is_temporary;
     let parts = mandate::broker::Parts {
-        store: Arc::new(store),
+        store,
         revoker: Arc::new(issuer.revoker()),
         notifier: mandate::notify::Notifier::start(c.notify.clone()),
         clock: Arc::new(mandate::clock::unix_now),
@@ -302,8 +355,14 @@ async fn run_until_stopped(
 }
 
 /// How often the view of a shared store is re-read, and how old it may get.
-fn store_freshness(_c: &config::Config) -> mandate::broker::Freshness {
-    mandate::broker::Freshness::default()
+fn store_freshness(c: &config::Config) -> mandate::broker::Freshness {
+    match &c.store {
+        Some(s) => mandate::broker::Freshness {
+            resync: s.resync,
+            stale_after: s.stale_after,
+        },
+        None => mandate::broker::Freshness::default(),
+    }
 }
 
 async fn shutdown_signal() {
@@ -346,6 +405,23 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.state_dir != new.state_dir {
         out.push("broker.state_dir");
+    }
+    // The database and how it is reached (the staleness and resync periods, the vote
+    // signers are read as they are used).
+    let conn = |c: &Config| {
+        c.store.as_ref().map(|s| {
+            (
+                s.url.clone(),
+                s.ca_file.clone(),
+                s.password.clone(),
+                s.connect_timeout,
+                s.statement_timeout,
+                s.pool,
+            )
+        })
+    };
+    if conn(old) != conn(new) {
+        out.push("[store] (but stale_after, resync, vote_signers)");
     }
     // (delivery_window is read per delivery and does apply.)
     let writer = |c: &Config| mandate::audit::Options {

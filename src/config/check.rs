@@ -32,6 +32,7 @@ pub(super) fn cross_check(
 ) -> Result<Loaded, ConfigError> {
     let label = path.display().to_string();
     untrusted_token_files(&config, &label, &mut unsafe_files);
+    untrusted_store_files(&config, &label, &mut unsafe_files);
     resolve_helpers(&mut config, &label, &mut unsafe_files);
     let files = match profile::discover(std::slice::from_ref(&config.profiles_dir)) {
         Ok(f) => f,
@@ -65,6 +66,37 @@ fn untrusted_token_files(config: &Config, label: &str, unsafe_files: &mut Vec<Di
                 format!("agents.{}: {e}", agent.name),
             ));
         }
+    }
+}
+
+/// `[store]`'s CA and password files must be there and as trusted as the config; the
+/// password file readable by the daemon's user only.
+fn untrusted_store_files(config: &Config, label: &str, unsafe_files: &mut Vec<Diagnostic>) {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(store) = &config.store else {
+        return;
+    };
+    let mut check = |key: &str, what: &str, file: &Path, private: bool| {
+        let r = crate::os::trusted_file(file, what).and_then(|()| {
+            let mode = std::fs::metadata(file).map_or(0, |m| m.permissions().mode());
+            if private && mode & 0o077 != 0 {
+                Err(format!(
+                    "{what} {} is readable by group or others; run chmod 600 on it",
+                    file.display()
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = r {
+            unsafe_files.push(Diagnostic::whole_file(label, format!("store.{key}: {e}")));
+        }
+    };
+    if let Some(ca) = &store.ca_file {
+        check("ca_file", "store CA file", ca, false);
+    }
+    if let Some(super::PasswordSource::File(f)) = &store.password {
+        check("password_file", "store password file", f, true);
     }
 }
 

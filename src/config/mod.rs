@@ -5,7 +5,7 @@
 //! The validated types live here; the parser is split by table, the way the file reads:
 //! `parser` walks the document and checks across tables, and one file per table parses it
 //! (`broker`, `audit`, `roles`, `agents`, `approvers`, `http`, `approvals`, `limits`,
-//! `notify`). `check` cross-checks a parsed config against the profiles.
+//! `notify`, `store`). `check` cross-checks a parsed config against the profiles.
 
 mod agents;
 mod approvals;
@@ -18,6 +18,7 @@ mod limits;
 mod notify;
 mod parser;
 mod roles;
+mod store;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ pub use agents::{MAX_AGENT_NAME, check_agent_name};
 pub use http::check_listen;
 pub use notify::check_url;
 pub use parser::parse;
+pub use store::{PasswordSource, SslMode, StoreConfig, StoreUrl, parse_store_url};
 
 use check::cross_check;
 
@@ -212,6 +214,8 @@ pub struct Config {
     pub notify: Notify,
     /// The container-credentials endpoint, if enabled.
     pub http: Option<std::net::SocketAddr>,
+    /// Team mode's shared database (`[store]`); `None`: the SQLite file in `state_dir`.
+    pub store: Option<StoreConfig>,
 }
 
 impl Config {

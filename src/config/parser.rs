@@ -17,7 +17,7 @@ use crate::toml_walk::{self, Walker};
 use super::broker::BrokerTable;
 use super::{Agent, ApprovalPolicy, Approver, Config, Limits, Notify, Role};
 
-const TOP: [&str; 9] = [
+const TOP: [&str; 10] = [
     "broker",
     "audit",
     "roles",
@@ -27,8 +27,9 @@ const TOP: [&str; 9] = [
     "approvals",
     "limits",
     "notify",
+    "store",
 ];
-const TABLES: &str = "[broker], [audit], [roles.NAME], [agents.NAME], [approvers.NAME], [http], [approvals], [limits] or [notify]";
+const TABLES: &str = "[broker], [audit], [roles.NAME], [agents.NAME], [approvers.NAME], [http], [approvals], [limits], [notify] or [store]";
 
 /// Parses the config text. Relative paths are resolved against `base` (the config's directory).
 pub fn parse(
@@ -67,6 +68,7 @@ struct Draft {
     approvals: ApprovalPolicy,
     limits: Limits,
     notify: Notify,
+    store: Option<super::StoreConfig>,
 }
 
 impl Draft {
@@ -84,6 +86,7 @@ impl Draft {
                 timeout: Duration::from_secs(5),
                 ..Notify::default()
             },
+            store: None,
         }
     }
 
@@ -108,6 +111,7 @@ impl Draft {
             limits: self.limits,
             notify: self.notify,
             http: self.http,
+            store: self.store,
         })
     }
 }
@@ -142,6 +146,7 @@ impl ConfigParser<'_> {
             "limits" => self.limits(value, &mut d.limits),
             "notify" => self.notify(value, &mut d.notify),
             "http" => self.http(key, value, &mut d.http),
+            "store" => self.store(key, value, &mut d.store),
             _ => {
                 self.unknown(key, "", &TOP);
                 false

@@ -1,6 +1,7 @@
 //! The config parser's tests: every problem reported, with file:line:col.
 
 use super::*;
+use std::time::Duration;
 
 const GOOD: &str = r#"
 [broker]
@@ -138,4 +139,206 @@ fn only_loopback_listeners() {
         check_listen("127.0.0.2:9911").is_err(),
         "exactly the addresses Host may name"
     );
+}
+
+const STORE_BASE: &str = "[broker]\nstate_dir = \"s\"\nsocket = \"s\"\nprofiles_dir = \"p\"\n[roles.r]\narn = \"arn:aws:iam::123456789012:role/r\"\n[store]\n";
+const SIGNER: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+#[test]
+fn the_store_table() {
+    let c = parse_str(&format!(
+        "{STORE_BASE}url = \"postgres://mandate@db.internal:6432/team?sslmode=verify-full\"\nca_file = \"ca.pem\"\npassword_file = \"pg.pass\"\npool = 8\nstale_after = \"1m\"\nresync = \"10s\"\n[store.vote_signers]\nconsole = \"{SIGNER}\"\n"
+    ))
+    .unwrap();
+    let s = c.store.unwrap();
+    assert_eq!(
+        s.url,
+        StoreUrl {
+            host: "db.internal".into(),
+            port: 6432,
+            dbname: "team".into(),
+            user: "mandate".into(),
+            sslmode: SslMode::VerifyFull,
+        }
+    );
+    assert_eq!(s.url.location(), "db.internal:6432/team");
+    assert_eq!(s.ca_file.as_deref(), Some(Path::new("/etc/m/ca.pem")));
+    assert_eq!(
+        s.password,
+        Some(PasswordSource::File("/etc/m/pg.pass".into()))
+    );
+    assert_eq!(s.pool, 8);
+    assert_eq!(s.connect_timeout, Duration::from_secs(5));
+    assert_eq!(s.statement_timeout, Duration::from_secs(10));
+    assert_eq!(s.stale_after, Duration::from_secs(60));
+    assert_eq!(s.resync, Duration::from_secs(10));
+    assert_eq!(
+        s.vote_signers["console"],
+        crate::audit::checkpoint::parse_public(SIGNER).unwrap()
+    );
+
+    // Defaults; loopback without TLS; the password from the environment.
+    let c = parse_str(&format!(
+        "{STORE_BASE}url = \"postgresql://m@[::1]/db?sslmode=disable\"\npassword_env = \"PGPASS_MANDATE\"\n"
+    ))
+    .unwrap();
+    let s = c.store.unwrap();
+    assert_eq!((s.url.host.as_str(), s.url.port), ("::1", 5432));
+    assert_eq!(s.url.location(), "[::1]:5432/db");
+    assert_eq!(
+        s.password,
+        Some(PasswordSource::Env("PGPASS_MANDATE".into()))
+    );
+    assert_eq!(
+        (s.pool, s.stale_after, s.resync),
+        (4, Duration::from_secs(30), Duration::from_secs(5))
+    );
+    assert!(parse_str(GOOD).unwrap().store.is_none());
+}
+
+#[test]
+fn bad_store_tables() {
+    let url = |u: &str| format!("{STORE_BASE}url = \"{u}\"\n");
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "password in the URL",
+            url("postgres://m:hunter2@127.0.0.1/db?sslmode=disable"),
+            vec![
+                "broker.toml:8:7: store.url: holds a password: put the password in password_file or password_env",
+            ],
+        ),
+        (
+            "not a postgres URL",
+            url("mysql://m@127.0.0.1/db"),
+            vec![
+                "broker.toml:8:7: store.url: must be a URL like postgres://USER@HOST:PORT/DBNAME?sslmode=verify-full",
+            ],
+        ),
+        (
+            "no user",
+            url("postgres://127.0.0.1/db?sslmode=disable"),
+            vec![
+                "broker.toml:8:7: store.url: names no user: expected postgres://USER@HOST:PORT/DBNAME?sslmode=verify-full",
+            ],
+        ),
+        (
+            "no database",
+            url("postgres://m@127.0.0.1"),
+            vec![
+                "broker.toml:8:7: store.url: names no database: expected postgres://USER@HOST:PORT/DBNAME?sslmode=verify-full",
+            ],
+        ),
+        (
+            "bad port",
+            url("postgres://m@127.0.0.1:99999/db?sslmode=disable"),
+            vec!["broker.toml:8:7: store.url: has a port that is not a number from 1 to 65535"],
+        ),
+        (
+            "sslmode=require",
+            url("postgres://m@db/db?sslmode=require"),
+            vec![
+                "broker.toml:8:7: store.url: sslmode=require does not check the server's certificate, so anyone on the path can pose as the database: use sslmode=verify-full with ca_file",
+            ],
+        ),
+        (
+            "sslmode=prefer",
+            url("postgres://m@db/db?sslmode=prefer"),
+            vec![
+                "broker.toml:8:7: store.url: sslmode=prefer does not check the server's certificate, so anyone on the path can pose as the database: use sslmode=verify-full with ca_file",
+            ],
+        ),
+        (
+            "sslmode=verify-ca",
+            url("postgres://m@db/db?sslmode=verify-ca"),
+            vec![
+                "broker.toml:8:7: store.url: sslmode=verify-ca does not check the host name, so any server with a certificate from that CA can pose as the database: use sslmode=verify-full with ca_file",
+            ],
+        ),
+        (
+            "sslmode=disable off loopback",
+            url("postgres://m@db.internal/db?sslmode=disable"),
+            vec![
+                "broker.toml:8:7: store.url: sslmode=disable sends everything in clear text; it is allowed only for a loopback host (127.0.0.1, ::1, localhost), not db.internal: use sslmode=verify-full with ca_file",
+            ],
+        ),
+        (
+            "other parameters",
+            url("postgres://m@127.0.0.1/db?sslmode=disable&connect_timeout=3"),
+            vec![
+                "broker.toml:8:7: store.url: takes only the parameter sslmode (verify-full or disable); the other settings are keys of [store]",
+            ],
+        ),
+        (
+            "verify-full without ca_file",
+            url("postgres://m@db/db?sslmode=verify-full"),
+            vec![
+                "broker.toml:7:2: store: sslmode=verify-full needs ca_file: the CA certificate (PEM) the database's certificate must chain to",
+            ],
+        ),
+        (
+            "verify-full by default",
+            url("postgres://m@db/db"),
+            vec![
+                "broker.toml:7:2: store: sslmode=verify-full needs ca_file: the CA certificate (PEM) the database's certificate must chain to",
+            ],
+        ),
+        (
+            "ca_file without TLS",
+            format!(
+                "{}ca_file = \"ca.pem\"\n",
+                url("postgres://m@localhost/db?sslmode=disable")
+            ),
+            vec!["broker.toml:7:2: store: ca_file is used only with sslmode=verify-full"],
+        ),
+        (
+            "missing url, both passwords",
+            format!("{STORE_BASE}password_file = \"p\"\npassword_env = \"P\"\n"),
+            vec![
+                "broker.toml:7:2: store: missing required key \"url\"",
+                "broker.toml:7:2: store: give password_file or password_env, not both",
+            ],
+        ),
+        (
+            "bounds and names",
+            format!(
+                "{}pool = 0\nconnect_timeout = \"5m\"\nstale_after = \"1s\"\npassword_env = \"1X\"\nurll = 3\n",
+                url("postgres://m@127.0.0.1/db?sslmode=disable")
+            ),
+            vec![
+                "broker.toml:9:8: store.pool: expected an integer from 1 to 32",
+                "broker.toml:10:19: store.connect_timeout: 300 s is outside the allowed range, 1 to 60 s",
+                "broker.toml:11:15: store.stale_after: 1 s is outside the allowed range, 2 to 600 s",
+                "broker.toml:12:16: store.password_env: must be an environment variable name (letters, digits and '_')",
+                "broker.toml:13:1: store: unknown key \"urll\"; did you mean \"url\"?",
+            ],
+        ),
+        (
+            "resync not below stale_after",
+            format!(
+                "{}stale_after = \"10s\"\nresync = \"10s\"\n",
+                url("postgres://m@127.0.0.1/db?sslmode=disable")
+            ),
+            vec![
+                "broker.toml:7:2: store: resync (10 s) must be less than stale_after (10 s): a quiet database would look stale between two re-reads",
+            ],
+        ),
+        (
+            "bad vote signers",
+            format!(
+                "{}[store.vote_signers]\nconsole = \"abc\"\n\"bad name\" = \"{SIGNER}\"\nother = 5\n",
+                url("postgres://m@127.0.0.1/db?sslmode=disable")
+            ),
+            vec![
+                "broker.toml:10:11: store.vote_signers.console: a public key is 64 hex digits",
+                "broker.toml:11:1: store.vote_signers.bad name: a signer's name must be letters, digits, '_', '-' or '.'",
+                "broker.toml:12:9: store.vote_signers.other: expected a public key (the 64 hex digits of signing.pub), found integer",
+            ],
+        ),
+    ];
+    for (what, src, want) in cases {
+        let got = parse_str(&src).unwrap_err();
+        assert_eq!(got, want, "{what}");
+    }
+    let got = parse_str(&url("postgres://m:hunter2@127.0.0.1/db")).unwrap_err();
+    assert!(!got.concat().contains("hunter2"), "{got:?}");
 }

@@ -10,10 +10,14 @@ use std::path::PathBuf;
 use crate::approval::{ApprovalId, ApprovalRequest};
 use crate::revoke::{Pause, Revocation, Trip};
 
+#[doc(hidden)]
+pub mod contract;
+pub mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod tests;
 
+pub use postgres::{PgOptions, PgPassword, PgStore, PgTls};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,10 @@ pub enum StoreError {
     Untrusted(String),
     #[error("the approval store holds an unreadable record: {0}")]
     Corrupt(String),
+    /// A compare-and-swap kept losing: other writers change the row faster than this daemon
+    /// can (or a row edited by hand never matches).
+    #[error("approval request {0} kept changing under this daemon; try again")]
+    Contended(String),
 }
 
 /// The operations the broker needs; nothing else touches the database.
@@ -160,6 +168,9 @@ pub struct DaemonInfo {
     pub started_at: i64,
     pub seen_at: i64,
 }
+
+/// How many times a daemon reads a request again after losing a compare-and-swap on it.
+pub const MAX_SWAPS: usize = 64;
 
 /// What [`Store::open_pending`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]

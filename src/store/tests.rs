@@ -1,34 +1,11 @@
-//! The store's contract, on the SQLite backend.
+//! The store's contract (`contract.rs`), on the SQLite backend, and what only SQLite does.
 
 use super::{SqliteStore, Store};
-use crate::approval::Status;
-use crate::approval::tests::{AGENT_UIDS, NOW, TTL, USE, operator_req, voter};
+use crate::approval::tests::{NOW, operator_req};
 
 #[test]
-fn the_store_swaps_only_the_version_it_read() {
-    let s = SqliteStore::in_memory();
-    let r = operator_req();
-    s.insert(&r).unwrap();
-    assert!(s.insert(&r).is_err(), "ids are unique");
-    assert_eq!(s.get(&r.id).unwrap().unwrap(), r);
-    assert_eq!(s.count_pending("claude", NOW).unwrap(), 1);
-    assert_eq!(s.count_pending("claude", NOW + TTL).unwrap(), 0);
-    assert_eq!(s.by_digest("claude", &r.digest).unwrap(), vec![r.clone()]);
-    let (a, _) = r
-        .vote(&voter("alice", &[1000]), AGENT_UIDS, true, None, NOW, USE)
-        .unwrap();
-    assert!(s.replace(r.version, &a).unwrap());
-    // A second writer that read the old version loses.
-    let (b, _) = r
-        .vote(&voter("alice", &[1000]), AGENT_UIDS, false, None, NOW, USE)
-        .unwrap();
-    assert!(!s.replace(r.version, &b).unwrap());
-    assert_eq!(s.get(&r.id).unwrap().unwrap().status(NOW), Status::Approved);
-    assert_eq!(s.list(0, 10).unwrap().len(), 1);
-    // Old requests are forgotten (the audit log keeps them); newer ones are kept.
-    assert_eq!(s.prune(NOW).unwrap(), 0);
-    assert_eq!(s.prune(NOW + 1).unwrap(), 1);
-    assert_eq!(s.get(&r.id).unwrap(), None);
+fn the_sqlite_store_keeps_the_contract() {
+    super::contract::all(&mut || Box::new(SqliteStore::in_memory()));
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! real `mandate` daemon) that clean up after themselves.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -44,7 +44,7 @@ impl<I: Issuer> Broker<I> {
             uids: &voter_uids,
         };
         let serial = self.admin.lock().await;
-        loop {
+        for _ in 0..crate::store::MAX_SWAPS {
             let now = self.now();
             let lookup = id.clone();
             let Some(r) = self.db(move |s| s.get(&lookup)).await? else {
@@ -98,6 +98,7 @@ impl<I: Issuer> Broker<I> {
                 need,
             });
         }
+        Err(crate::store::StoreError::Contended(id.to_string()).into())
     }
 
     /// Approval requests: every one for approvers, their own for agents.
