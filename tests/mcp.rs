@@ -7,36 +7,12 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 use common::*;
 use serde_json::{Value, json};
 
 /// The uid of a second agent, `other`, bound to readonly only.
 const OTHER: u32 = 4242;
-
-/// Runs `command` (a `mandate mcp`) under the Python SDK's stdio client with `steps`; the
-/// driver's JSON report and the server's stderr.
-pub fn mcp_session(dir: &Path, name: &str, steps: &Value, command: &[String]) -> (Value, String) {
-    let steps_file = dir.join(format!("{name}-steps.json"));
-    std::fs::write(&steps_file, serde_json::to_vec(steps).unwrap()).unwrap();
-    let errlog = dir.join(format!("{name}-stderr.txt"));
-    let out = python()
-        .arg(root().join("tests/mcp_client.py"))
-        .arg(&steps_file)
-        .arg(&errlog)
-        .arg("--")
-        .args(command)
-        .output()
-        .unwrap();
-    let stderr = std::fs::read_to_string(&errlog).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "mcp_client.py failed: {}\nserver stderr: {stderr}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
-}
 
 fn step(report: &Value, i: usize) -> &Value {
     &report["steps"][i]
