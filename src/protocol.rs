@@ -312,4 +312,39 @@ mod tests {
                 .contains("reason is longer")
         );
     }
+
+    #[test]
+    fn the_agent_requests_parse_strictly_and_bounded() {
+        assert_eq!(
+            Request::parse(br#"{"op":"approval_status","id":"not-an-id"}"#).unwrap(),
+            Request::ApprovalStatus {
+                id: "not-an-id".into(),
+                agent: None
+            },
+            "a malformed id reaches the daemon, which refuses and audits it"
+        );
+        assert!(Request::parse(br#"{"op":"capabilities"}"#).is_ok());
+        assert!(Request::parse(br#"{"op":"which_profile","action":"s3:GetObject"}"#).is_ok());
+        assert!(
+            Request::parse(br#"{"op":"acquire","profile":"p","reason":"r","credentials":true}"#)
+                .is_err()
+        );
+        let long = |op: &str, field: &str, n: usize| {
+            format!(r#"{{"op":"{op}",{field}"{}"}}"#, "a".repeat(n))
+        };
+        for bad in [
+            long("approval_status", r#""id":"#, 65),
+            long("which_profile", r#""action":"#, MAX_ACTION_CHARS + 1),
+            format!(
+                r#"{{"op":"client_refusal","what":"mcp x","message":"{}"}}"#,
+                "m".repeat(MAX_REFUSAL_MESSAGE + 1)
+            ),
+            format!(
+                r#"{{"op":"acquire","profile":"p","reason":"{}"}}"#,
+                "r".repeat(MAX_REASON_BYTES + 1)
+            ),
+        ] {
+            assert!(Request::parse(bad.as_bytes()).is_err(), "{bad:.80}");
+        }
+    }
 }

@@ -193,6 +193,81 @@ pub fn evaluate(c: &CompiledProfile, action: &Action, resource: Option<&str>) ->
 mod tests {
     use super::*;
 
+    fn example(name: &str) -> CompiledProfile {
+        let path = format!("{}/profiles/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+        let bytes = std::fs::read(&path).unwrap();
+        let p = crate::profile::parse(&path, name, &bytes).unwrap_or_else(|d| panic!("{d:?}"));
+        crate::policy::compile(&p).unwrap()
+    }
+
+    fn act(s: &str) -> &'static Action {
+        parse_action(s).unwrap()
+    }
+
+    #[test]
+    fn verdicts_follow_the_compiled_document() {
+        let s3 = example("s3-data");
+        let ok = "arn:aws:s3:::team-data/projects/agent/a.csv";
+        assert_eq!(
+            evaluate(&s3, act("s3:GetObject"), Some(ok)),
+            Verdict::Allowed {
+                conditional: false,
+                resources: vec!["arn:aws:s3:::team-data/projects/agent/*".into()]
+            }
+        );
+        // Its own deny wins over the allow.
+        assert_eq!(
+            evaluate(
+                &s3,
+                act("s3:GetObject"),
+                Some("arn:aws:s3:::team-data/projects/agent/.secrets/k")
+            ),
+            Verdict::Denied
+        );
+        // Outside the prefix: granted only elsewhere.
+        assert_eq!(
+            evaluate(&s3, act("s3:PutObject"), Some("arn:aws:s3:::other/x")),
+            Verdict::OtherResources(vec!["arn:aws:s3:::team-data/projects/agent/*".into()])
+        );
+        // A condition on the only allow makes the answer conditional.
+        assert!(matches!(
+            evaluate(&s3, act("s3:ListBucket"), Some("arn:aws:s3:::team-data")),
+            Verdict::Allowed {
+                conditional: true,
+                ..
+            }
+        ));
+        assert_eq!(
+            evaluate(&s3, act("s3:DeleteBucket"), None),
+            Verdict::NotGranted
+        );
+        assert_eq!(
+            evaluate(&s3, act("ec2:RunInstances"), None),
+            Verdict::NotGranted
+        );
+        // The automatic Deny: a destructive action the readonly wildcards reach.
+        let src = "description = \"all of s3\"\nrole = \"sandbox\"\napproval = \"none\"\n[[allow]]\nactions = [\"s3:*\"]\nresources = [\"*\"]\n";
+        let p = crate::profile::parse("t.toml", "t", src.as_bytes()).unwrap();
+        let wide = crate::policy::compile(&p).unwrap();
+        assert_eq!(
+            evaluate(&wide, act("s3:DeleteBucket"), Some("arn:aws:s3:::b")),
+            Verdict::AutoDenied
+        );
+        assert!(matches!(
+            evaluate(&wide, act("s3:GetObject"), Some("arn:aws:s3:::b/k")),
+            Verdict::Allowed {
+                conditional: false,
+                ..
+            }
+        ));
+        // The opt-ins of deploy-staging are usable (with approval).
+        let deploy = example("deploy-staging");
+        assert!(matches!(
+            evaluate(&deploy, act("lambda:UpdateFunctionCode"), None),
+            Verdict::Allowed { .. }
+        ));
+    }
+
     #[test]
     fn globs_are_case_sensitive_and_variables_match_anything() {
         assert!(resource_match(
