@@ -76,6 +76,8 @@ fn every_tool_through_the_official_python_sdk() {
         {"call": "request_capability", "args": {"profile": "readonly", "reason": "longer", "duration": 99999}},
         // 22: still waiting on nothing: an unknown (well-formed) id
         {"call": "request_status", "args": {"id": "0123456789abcdef"}},
+        // 23: the first request again, once used: issued, with how to use it
+        {"call": "request_status", "args": {"id": "$first_pending"}},
     ]);
     let cmd = vec![
         mandate.clone(),
@@ -222,6 +224,15 @@ fn every_tool_through_the_official_python_sdk() {
     assert_eq!(approved["status"], "issued", "{}", step(&r, 9));
     assert_eq!(approved["profile"], "deploy-staging");
     assert_eq!(approved["approval"]["id"], first_id.as_str());
+
+    let again = &step(&r, 23)["structured"];
+    assert_eq!(again["status"], "issued", "{again}");
+    assert_eq!(again["approval"]["id"], first_id.as_str(), "{again}");
+    assert!(again["used_at"].is_string(), "{again}");
+    assert_eq!(
+        again["use"]["credential_process"],
+        format!("mandate --config {config} credential-process deploy-staging")
+    );
 
     // Waiting with progress notifications until the approval lands.
     let waited = step(&r, 12);

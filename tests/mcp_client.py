@@ -6,7 +6,8 @@ Usage: mcp_client.py STEPS.json STDERR_FILE -- COMMAND [ARGS...]
 STEPS.json is a list of steps, run in order in one MCP session:
   {"call": TOOL, "args": {...}, "progress": true}   call a tool (with a progress token if asked)
   {"run": [ARGV...]}                                 run a command (an approver's CLI, say)
-In any string of a step, "$pending" stands for the request id of the last pending answer.
+In any string of a step, "$pending" stands for the request id of the last pending answer and
+"$first_pending" for that of the first.
 
 Prints one JSON document on stdout: the server's name, its tools (name, input schema, whether
 the schema is a valid JSON Schema, and whether it rejects an object missing a required
@@ -26,7 +27,8 @@ from mcp.client.stdio import stdio_client
 
 def substitute(value, pending):
     if isinstance(value, str):
-        return value.replace("$pending", pending or "")
+        first, last = (pending[0], pending[-1]) if pending else ("", "")
+        return value.replace("$first_pending", first).replace("$pending", last)
     if isinstance(value, list):
         return [substitute(v, pending) for v in value]
     if isinstance(value, dict):
@@ -68,7 +70,7 @@ async def main():
                 listed = await session.list_tools()
                 tools = {t.name: t for t in listed.tools}
                 out["tools"] = [schema_report(t) for t in listed.tools]
-                pending = None
+                pending = []
                 for step in steps:
                     step = substitute(step, pending)
                     if "run" in step:
@@ -104,7 +106,7 @@ async def main():
                     text = "".join(c.text for c in result.content if c.type == "text")
                     structured = result.structured_content
                     if structured and structured.get("status") == "pending":
-                        pending = structured.get("request_id")
+                        pending.append(structured.get("request_id"))
                     out["steps"].append(
                         {
                             "call": name,

@@ -432,8 +432,8 @@ fn status_view(r: &ApprovalRequest, now: i64) -> serde_json::Value {
         (Stage::Approved { use_by, .. }, Status::Approved) => {
             v["use_by"] = clock::rfc3339(*use_by).into();
         }
-        (Stage::Redeemed { request_id, .. }, _) => {
-            v["session_request_id"] = request_id.clone().into();
+        (Stage::Redeemed { at, .. }, _) => {
+            v["used_at"] = clock::rfc3339(*at).into();
         }
         _ => {}
     }

@@ -69,6 +69,7 @@ pub fn issued(result: &serde_json::Value, usage: &Usage) -> CallToolResult {
         "expires": result["expires"],
         "cached": result["cached"],
         "approval": result["approval"],
+        "used_at": result.get("used_at"),
         "use": {
             "aws_config": format!("[profile mandate-{profile}]\ncredential_process = {cp}"),
             "aws_profile": format!("mandate-{profile}"),

@@ -180,12 +180,14 @@ impl Server {
                     return Ok(answer::pending(&msg, &status, Some(waited)));
                 }
                 "redeemed" => {
-                    return Ok(answer::ok(serde_json::json!({
-                        "status": "issued",
-                        "request_id": status["session_request_id"],
+                    // Issued earlier (by this tool or by credential_process): the same answer
+                    // as then, without the expiry this view does not know.
+                    let issued = serde_json::json!({
                         "profile": status["profile"],
-                        "message": format!("approval request {id} was approved and its session issued; credential_process serves it until it expires"),
-                    })));
+                        "used_at": status["used_at"],
+                        "approval": { "id": id },
+                    });
+                    return Ok(answer::issued(&issued, &self.usage));
                 }
                 "rejected" => {
                     let note = status["note"]
