@@ -243,7 +243,7 @@ fn every_tool_through_the_official_python_sdk() {
         progress[0]["message"]
             .as_str()
             .unwrap()
-            .starts_with("waiting for the operator human to approve request "),
+            .starts_with("waiting for the approval of operator human on request "),
         "{waited}"
     );
     assert_eq!(progress[0]["total"], 60.0);

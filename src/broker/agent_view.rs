@@ -5,7 +5,7 @@
 //! breaker), and another agent's request is refused exactly like one that does not exist.
 
 use super::{Broker, BrokerError, Caller, Denial, DenyCode, volume};
-use crate::approval::{ApprovalId, ApprovalRequest, Requirement, Stage, Status};
+use crate::approval::{ApprovalId, ApprovalRequest, Stage, Status};
 use crate::audit::{Kind, Record};
 use crate::aws::Issuer;
 use crate::catalog::AccessLevel;
@@ -403,10 +403,8 @@ fn why_not(v: &Verdict) -> String {
 fn status_view(r: &ApprovalRequest, now: i64) -> serde_json::Value {
     let status = r.status(now);
     let have = r.votes.iter().filter(|v| v.approve).count().min(r.needed());
-    let needs = match &r.requirement {
-        Requirement::Operator { operator } => format!("the operator {operator}"),
-        req => req.to_string(),
-    };
+    // The same words as the pending answer of a credential request.
+    let needs = r.requirement.to_string();
     let mut v = serde_json::json!({
         "id": r.id,
         "status": status.as_str(),

@@ -146,7 +146,7 @@ impl Server {
                 "pending" if tokio::time::Instant::now() < deadline => {
                     if let Some(t) = &token {
                         let msg = format!(
-                            "waiting for {} to approve request {id} ({}/{} approvals; {} s of {wait} s)",
+                            "waiting for the approval of {} on request {id} ({}/{} approvals; {} s of {wait} s)",
                             status["needs"].as_str().unwrap_or("an approver"),
                             status["have"],
                             status["need"],
