@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod diag;
 pub mod exit;
+pub mod mcp;
 pub mod notify;
 pub mod os;
 pub mod policy;

@@ -64,7 +64,57 @@ pub enum Request {
         reason: Option<String>,
     },
     Resume,
+    /// The caller's own profiles, in plain words (the MCP server's `list_capabilities`).
+    Capabilities {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
+    /// Which of the caller's profiles would allow `action` (on `resource`). Checked by the
+    /// daemon, so that a malformed one is refused and audited.
+    WhichProfile {
+        action: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resource: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
+    /// One of the caller's own approval requests (a string, so that a malformed id is refused
+    /// and audited by the daemon rather than by the wire format).
+    ApprovalStatus {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
+    /// A credential request whose keys stay in the daemon: the same lifecycle as
+    /// `credentials` (the session is cached, so the caller's next `credential_process` gets
+    /// it), answered without any secret (the MCP server's `request_capability`).
+    Acquire {
+        profile: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_seconds: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval_id: Option<ApprovalId>,
+    },
+    /// A request the client refused before sending it (an MCP tool's arguments): the daemon
+    /// audits it as this caller's refusal.
+    ClientRefusal {
+        what: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
 }
+
+/// Longest action name (`service:Action`) accepted on the wire.
+pub const MAX_ACTION_CHARS: usize = 256;
+/// Longest label of a client-side refusal (`mcp request_capability`).
+pub const MAX_REFUSAL_WHAT: usize = 64;
+/// Longest message of a client-side refusal.
+pub const MAX_REFUSAL_MESSAGE: usize = 1024;
 
 /// Longest agent, profile or approver name, or session id, accepted on the wire.
 const MAX_NAME: usize = 64;
@@ -78,6 +128,12 @@ impl Request {
         let bad = |m: String| Err(format!("malformed request: {m}"));
         match &req {
             Request::Credentials {
+                profile,
+                reason,
+                agent,
+                ..
+            }
+            | Request::Acquire {
                 profile,
                 reason,
                 agent,
@@ -121,6 +177,44 @@ impl Request {
                     .is_some_and(|r| r.chars().count() > MAX_NOTE_CHARS) =>
             {
                 return bad(format!("reason is longer than {MAX_NOTE_CHARS} characters"));
+            }
+            Request::Capabilities { agent } if long(agent) => {
+                return bad(format!("agent names are at most {MAX_NAME} characters"));
+            }
+            Request::WhichProfile {
+                action,
+                resource,
+                agent,
+            } => {
+                if long(agent) || action.len() > MAX_ACTION_CHARS {
+                    return bad(format!(
+                        "actions are at most {MAX_ACTION_CHARS} and agent names {MAX_NAME} characters"
+                    ));
+                }
+                if resource
+                    .as_ref()
+                    .is_some_and(|r| r.len() > crate::policy::evaluate::MAX_RESOURCE_CHARS)
+                {
+                    return bad(format!(
+                        "resources are at most {} characters",
+                        crate::policy::evaluate::MAX_RESOURCE_CHARS
+                    ));
+                }
+            }
+            Request::ApprovalStatus { id, agent } if id.len() > MAX_NAME || long(agent) => {
+                return bad(format!(
+                    "approval ids and agent names are at most {MAX_NAME} characters"
+                ));
+            }
+            Request::ClientRefusal {
+                what,
+                message,
+                agent,
+            } if long(agent)
+                || what.len() > MAX_REFUSAL_WHAT
+                || message.len() > MAX_REFUSAL_MESSAGE =>
+            {
+                return bad("the refusal is too long".into());
             }
             _ => {}
         }
@@ -217,5 +311,40 @@ mod tests {
                 .unwrap_err()
                 .contains("reason is longer")
         );
+    }
+
+    #[test]
+    fn the_agent_requests_parse_strictly_and_bounded() {
+        assert_eq!(
+            Request::parse(br#"{"op":"approval_status","id":"not-an-id"}"#).unwrap(),
+            Request::ApprovalStatus {
+                id: "not-an-id".into(),
+                agent: None
+            },
+            "a malformed id reaches the daemon, which refuses and audits it"
+        );
+        assert!(Request::parse(br#"{"op":"capabilities"}"#).is_ok());
+        assert!(Request::parse(br#"{"op":"which_profile","action":"s3:GetObject"}"#).is_ok());
+        assert!(
+            Request::parse(br#"{"op":"acquire","profile":"p","reason":"r","credentials":true}"#)
+                .is_err()
+        );
+        let long = |op: &str, field: &str, n: usize| {
+            format!(r#"{{"op":"{op}",{field}"{}"}}"#, "a".repeat(n))
+        };
+        for bad in [
+            long("approval_status", r#""id":"#, 65),
+            long("which_profile", r#""action":"#, MAX_ACTION_CHARS + 1),
+            format!(
+                r#"{{"op":"client_refusal","what":"mcp x","message":"{}"}}"#,
+                "m".repeat(MAX_REFUSAL_MESSAGE + 1)
+            ),
+            format!(
+                r#"{{"op":"acquire","profile":"p","reason":"{}"}}"#,
+                "r".repeat(MAX_REASON_BYTES + 1)
+            ),
+        ] {
+            assert!(Request::parse(bad.as_bytes()).is_err(), "{bad:.80}");
+        }
     }
 }

@@ -36,6 +36,8 @@ const LAYERS: &[(&str, u8)] = &[
     // 8: the transports and the client.
     ("transport", 8),
     ("client", 8),
+    // 9: the MCP server, an agent-side transport built on the client.
+    ("mcp", 9),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

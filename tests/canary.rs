@@ -191,6 +191,27 @@ fn no_secret_appears_anywhere_but_the_intended_response_bodies() {
         d.mandate(&["audit", "tail", "-n", "1000", "--json"]),
         false,
     );
+    // MCP: every tool's result and the server's stderr, issued (a fresh mint, and one from the
+    // cache), pending, refused and hostile paths. Nothing of it is meant to carry a secret.
+    let mcp_steps = json!([
+        {"call": "list_capabilities"},
+        {"call": "request_capability", "args": {"profile": "readonly", "reason": "canary"}},
+        {"call": "request_capability", "args": {"profile": "s3-data", "reason": "canary mint", "duration": 960}},
+        {"call": "request_capability", "args": {"profile": "deploy-staging", "reason": "canary wait"}},
+        {"call": "request_status", "args": {"id": "$pending", "wait_seconds": 2}, "progress": true},
+        {"call": "request_capability", "args": {"profile": "breakglass-admin", "reason": "canary"}},
+        {"call": "request_capability", "args": {"profile": "readonly", "reason": "x\u{1b}y"}},
+        {"call": "which_profile", "args": {"action": "s3:PutObject", "resource": "arn:aws:s3:::team-data/projects/agent/x"}},
+    ]);
+    let mcp_cmd: Vec<String> = [MANDATE, "--config", &d.config.display().to_string(), "mcp"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (mcp, mcp_stderr) = mcp_session(tmp.path(), "canary-mcp", &mcp_steps, &mcp_cmd);
+    assert_eq!(mcp["steps"][2]["structured"]["status"], "issued", "{mcp}");
+    assert_eq!(mcp["steps"][3]["structured"]["status"], "pending", "{mcp}");
+    elsewhere.push(("mcp tool results".into(), mcp.to_string()));
+    elsewhere.push(("mcp stderr".into(), mcp_stderr));
     // The daemon's argv and environment, read while it runs.
     for f in ["cmdline", "environ"] {
         let bytes = std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();

@@ -20,6 +20,7 @@ use crate::audit::AuditLog;
 use crate::aws::Issuer;
 use crate::store::SessionInfo;
 
+mod agent_view;
 mod approval_gate;
 mod cache;
 mod control;

@@ -9,6 +9,7 @@ mod completions;
 mod config_cmd;
 mod creds;
 mod init;
+mod mcp;
 mod profiles;
 mod serve;
 
@@ -220,6 +221,18 @@ enum Command {
     /// Check the broker config and its profiles as the daemon would
     #[command(subcommand)]
     Config(config_cmd::ConfigCmd),
+    /// Serve the Model Context Protocol on stdio, for an agent host (Claude Code, Cursor, ...)
+    #[command(
+        long_about = "Serve the Model Context Protocol on stdio, for an agent host.\n\n\
+        The host starts it (see README: MCP); it asks the daemon as this uid, like the CLI. \
+        Tools: list_capabilities, request_capability, request_status, which_profile. \
+        No tool result ever contains a secret."
+    )]
+    Mcp {
+        /// Act as this agent (when your uid belongs to several)
+        #[arg(long)]
+        agent: Option<String>,
+    },
     /// Print a shell completion script to stdout
     #[command(long_about = "Print a shell completion script to stdout.\n\n\
         Example (bash): mandate completions bash > ~/.local/share/bash-completion/completions/mandate")]
@@ -276,6 +289,7 @@ pub fn main() -> ExitCode {
     }
     let code = match cli.command {
         Command::Serve => serve::run(config),
+        Command::Mcp { agent } => mcp::run(config, agent),
         Command::CredentialProcess { profile, agent } => {
             creds::credential_process(config, profile, agent)
         }

@@ -7,6 +7,7 @@
 //! same bytes and the same sha256.
 
 mod document;
+pub mod evaluate;
 pub mod explain;
 
 use std::collections::BTreeSet;

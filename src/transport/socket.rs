@@ -285,11 +285,64 @@ async fn dispatch<I: Issuer>(
         Request::BreakerReset { agent } => result_body(broker.breaker_reset(caller, agent).await),
         Request::Pause { reason } => result_body(broker.set_paused(caller, true, reason).await),
         Request::Resume => result_body(broker.set_paused(caller, false, None).await),
+        Request::Capabilities { agent } => result_body(broker.capabilities(caller, agent).await),
+        Request::WhichProfile {
+            action,
+            resource,
+            agent,
+        } => result_body(broker.which_profile(caller, agent, action, resource).await),
+        Request::ApprovalStatus { id, agent } => {
+            result_body(broker.approval_status(caller, agent, id).await)
+        }
+        Request::ClientRefusal {
+            what,
+            message,
+            agent,
+        } => result_body::<()>(Err(broker
+            .client_refusal(caller, agent, what, message)
+            .await)),
+        Request::Acquire {
+            profile,
+            agent,
+            reason,
+            duration_seconds,
+            approval_id,
+        } => {
+            let req = CredRequest {
+                profile,
+                agent,
+                reason,
+                duration_seconds,
+                approval_id,
+            };
+            let r = tokio::time::timeout(REQUEST_DEADLINE, broker.credentials(caller, req)).await;
+            match r {
+                Ok(Ok(issued)) => acquired_body(&issued),
+                other => credentials_body(uid, other),
+            }
+        }
         Request::Status => match broker.status(uid) {
             Ok(status) => serde_json::json!({ "ok": true, "status": status }),
             Err(d) => error_body(d.code.as_str(), &d.message),
         },
     }
+}
+
+/// The answer to an `acquire` that was issued: what the session is, never its keys (they stay
+/// in the daemon's cache for the agent's `credential_process`).
+fn acquired_body(issued: &crate::broker::Issued) -> serde_json::Value {
+    serde_json::json!({
+        "ok": true,
+        "result": {
+            "status": "issued",
+            "request_id": issued.request_id,
+            "agent": issued.agent,
+            "profile": issued.profile,
+            "cached": issued.cached,
+            "expires": clock::rfc3339(issued.credentials.expiration),
+            "approval": issued.approval_id.as_ref().map(|id| serde_json::json!({"id": id})),
+        },
+    })
 }
 
 /// The answer to a credentials request: the keys, a pending approval, or the refusal.

@@ -569,3 +569,31 @@ pub fn iam_sim_revocation(
     }
     map
 }
+
+/// Runs `command` (a `mandate mcp`) under the official Python MCP SDK's stdio client
+/// (tests/mcp_client.py) with `steps`; the driver's JSON report and the server's stderr.
+pub fn mcp_session(
+    dir: &Path,
+    name: &str,
+    steps: &serde_json::Value,
+    command: &[String],
+) -> (serde_json::Value, String) {
+    let steps_file = dir.join(format!("{name}-steps.json"));
+    std::fs::write(&steps_file, serde_json::to_vec(steps).unwrap()).unwrap();
+    let errlog = dir.join(format!("{name}-stderr.txt"));
+    let out = python()
+        .arg(root().join("tests/mcp_client.py"))
+        .arg(&steps_file)
+        .arg(&errlog)
+        .arg("--")
+        .args(command)
+        .output()
+        .unwrap();
+    let stderr = std::fs::read_to_string(&errlog).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "mcp_client.py failed: {}\nserver stderr: {stderr}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+}

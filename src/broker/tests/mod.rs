@@ -432,4 +432,5 @@ async fn profiles_with_identical_content_never_share_a_session() {
     );
 }
 
+mod agent_view;
 mod approvals;
