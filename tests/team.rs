@@ -364,3 +364,91 @@ fn audit_verify_store_detects_a_truncated_local_log() {
         stderr(&anchored)
     );
 }
+
+/// The canary for team mode: the database password never shows in anything the daemons or
+/// the CLI print, return or record, through start, outages, a wrong password and recovery.
+#[test]
+fn the_database_password_never_shows() {
+    let mut t = team(2, "");
+    let secret = t.pg.password().to_owned();
+    assert!(secret.len() >= 16, "a real password: {secret:?}");
+    let (a, b) = (&t.daemons[0], &t.daemons[1]);
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut look = |what: &str, o: &Output| {
+        seen.push((
+            format!("{what} stdout"),
+            String::from_utf8_lossy(&o.stdout).into(),
+        ));
+        seen.push((format!("{what} stderr"), stderr(o)));
+    };
+    look("credential-process", &creds(a, "readonly"));
+    look("pending", &creds(b, "deploy-staging"));
+    look("status", &a.mandate(&["status"]));
+    look("status --json", &a.mandate(&["status", "--json"]));
+    look("config check", &a.mandate(&["config", "check"]));
+    look(
+        "audit verify --store",
+        &a.mandate(&["audit", "verify", "--store"]),
+    );
+    t.pg.stop();
+    std::thread::sleep(Duration::from_secs(4));
+    look("stale credential-process", &creds(a, "readonly"));
+    look("stale status", &a.mandate(&["status"]));
+    look("store down: approvals", &a.mandate(&["approvals", "list"]));
+    look(
+        "store down: audit verify --store",
+        &a.mandate(&["audit", "verify", "--store"]),
+    );
+    t.pg.start_again();
+    wait_for("issuing to resume", Duration::from_secs(15), || {
+        creds(a, "readonly").status.success()
+    });
+    // A daemon started with a wrong password says so without either password.
+    let wrong = "wrong-Db-Passw0rd-canary";
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, wrong).unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            &t.moto.endpoint(),
+            &format!(
+                "[store]\nurl = \"{}\"\npassword_file = \"{}\"\n",
+                t.pg.url(),
+                pw.display()
+            ),
+        ),
+    )
+    .unwrap();
+    assert!(
+        mandate_at(&config)
+            .arg("init")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let (code, out) = serve_once(&config);
+    assert_eq!(code, Some(6), "{out}");
+    assert!(out.contains("password authentication failed"), "{out}");
+    seen.push(("serve with a wrong password".into(), out));
+    for d in [a, b] {
+        seen.push(("daemon log".into(), d.log()));
+        seen.push((
+            "audit log".into(),
+            d.audit().iter().map(|r| r.to_string()).collect(),
+        ));
+    }
+    for (what, text) in &seen {
+        assert!(
+            !text.contains(&secret),
+            "the database password in {what}: {text}"
+        );
+        assert!(
+            !text.contains(wrong),
+            "the wrong password in {what}: {text}"
+        );
+    }
+}
