@@ -452,3 +452,26 @@ fn the_database_password_never_shows() {
         );
     }
 }
+
+#[test]
+fn the_password_can_come_from_the_environment() {
+    let pg = Postgres::start();
+    let moto = Moto::start();
+    let store = format!(
+        "[store]\nurl = \"{}\"\npassword_env = \"MANDATE_DB_PASSWORD\"\n",
+        pg.url()
+    );
+    let d = Daemon::start_with_env(
+        &config_text(&moto.endpoint(), &store),
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("MANDATE_DB_PASSWORD", pg.password()),
+        ],
+    );
+    access_key(&creds(&d, "readonly"));
+    assert_eq!(status(&d)["store"]["kind"], "postgres");
+    // The session is in the shared index.
+    let rows = pg.psql("mandate", "SELECT 'sessions=' || count(*) FROM sessions");
+    assert!(rows.contains("sessions=1"), "{rows}");
+}
