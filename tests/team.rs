@@ -304,6 +304,17 @@ fn revoke_session_works_from_another_daemon_and_after_a_restart() {
     let key = access_key(&issued);
     let sessions = status(&t.daemons[0])["sessions"].clone();
     let request_id = sessions[0]["request_id"].as_str().unwrap().to_owned();
+    // The session reaches the shared index just after it is handed out (never waited on).
+    let indexed = |id: &str| {
+        t.pg.psql(
+            "mandate",
+            &format!("SELECT 'rows=' || count(*) FROM sessions WHERE request_id = '{id}'"),
+        )
+        .contains("rows=1")
+    };
+    wait_for("the session in the store", Duration::from_secs(5), || {
+        indexed(&request_id)
+    });
     // B did not issue it, and revokes it.
     let out = t.daemons[1].mandate(&["revoke", "--session", &request_id]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -325,6 +336,9 @@ fn revoke_session_works_from_another_daemon_and_after_a_restart() {
         .as_str()
         .unwrap()
         .to_owned();
+    wait_for("the session in the store", Duration::from_secs(5), || {
+        indexed(&s3_request)
+    });
     let out = t.daemons[1].mandate(&["revoke", "--session", &s3_request]);
     assert!(out.status.success(), "{}", stderr(&out));
     std::thread::sleep(Duration::from_secs(1));

@@ -58,11 +58,21 @@ impl<I: Issuer> Broker<I> {
             .iter()
             .find(|s| s.request_id == request_id)
             .cloned();
-        if let Some(info) = info {
-            let now = clock::unix_now();
-            if let Err(e) = self.db(move |s| s.put_session(&info, now)).await {
+        let Some(info) = info else { return };
+        let now = clock::unix_now();
+        let store = self.parts.store.clone();
+        let put = move || {
+            if let Err(e) = store.put_session(&info, now) {
                 tracing::warn!(error = %e, "could not record the session in the store");
             }
+        };
+        if self.shares_store() {
+            // A shared database is not waited on: the session is audited already, and a slow
+            // or unreachable database must not hold up approval-free issuance (the view's
+            // staleness bound decides when issuing stops).
+            tokio::task::spawn_blocking(put);
+        } else {
+            let _ = tokio::task::spawn_blocking(put).await;
         }
     }
 }
