@@ -187,7 +187,8 @@ fn main() {
                     id,
                     approve: true,
                     note: None,
-                    approver: None
+                    approver: None,
+                    digest: None,
                 }
             )
             .ok

@@ -46,6 +46,10 @@ pub enum Request {
         /// Which approver to act as when the uid belongs to several.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         approver: Option<String>,
+        /// The binding digest of the request as the approver was shown it: a request that
+        /// changed since is not voted on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
     },
     Revoke {
         scope: Scope,
@@ -150,9 +154,20 @@ impl Request {
                     ));
                 }
             }
-            Request::Vote { note, approver, .. } => {
+            Request::Vote {
+                note,
+                approver,
+                digest,
+                ..
+            } => {
                 if long(approver) {
                     return bad(format!("approver names are at most {MAX_NAME} characters"));
+                }
+                if digest
+                    .as_ref()
+                    .is_some_and(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()))
+                {
+                    return bad("a digest is 64 hex digits".into());
                 }
                 if let Some(n) = note
                     && let Err(m) = crate::approval::check_note(n)

@@ -76,7 +76,12 @@ fn team(n: usize, extra: &str) -> Team {
         signers.push((format!("daemon{i}"), key.trim().to_owned()));
         dirs.push(dir);
     }
-    let config = config_text(&moto.endpoint(), &store_table(&pg, &signers, "")) + extra;
+    // Every daemon: claude may also ask for breakglass-admin (two peers, never the operator).
+    let config = config_text(&moto.endpoint(), &store_table(&pg, &signers, "")).replace(
+        r#"profiles = ["readonly", "s3-data", "deploy-staging"]"#,
+        r#"profiles = ["readonly", "s3-data", "deploy-staging", "breakglass-admin"]"#,
+    ) + "\n[approvers.bob]\nuids = [4101]\n[approvers.carol]\nuids = [4102]\n"
+        + extra;
     let daemons = dirs
         .into_iter()
         .map(|dir| {
@@ -488,4 +493,66 @@ fn the_password_can_come_from_the_environment() {
     // The session is in the shared index.
     let rows = pg.psql("mandate", "SELECT 'sessions=' || count(*) FROM sessions");
     assert!(rows.contains("sessions=1"), "{rows}");
+}
+
+/// A database writer rewrites what a request needs or what it looks like; the daemons neither
+/// sign a vote on it nor redeem it, and none of them falls over.
+#[test]
+fn a_request_row_rewritten_in_the_database_is_neither_voted_on_nor_redeemed() {
+    let t = team(2, "");
+    let (a, b) = (&t.daemons[0], &t.daemons[1]);
+    let id = pending_id(&creds(a, "breakglass-admin"));
+    let two = "2 peer approvers other than the operator";
+    // The two-person request becomes an operator one: the operator's vote is refused.
+    t.pg.psql("mandate", &format!(
+        "UPDATE approvals SET version = version + 1, data = jsonb_set(data::jsonb, '{{requirement}}', '{{\"operator\":{{\"operator\":\"human\"}}}}'::jsonb)::text WHERE id = '{id}'"
+    ));
+    let o = b.mandate(&["approve", &id]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "mandate: cannot vote on request {id}: it asks for operator human, but its profile needs {two} here; nothing was recorded\n"
+        )
+    );
+    // Marked approved, needing nobody (n = 0): not redeemed, and the daemon keeps serving.
+    t.pg.psql("mandate", &format!(
+        "UPDATE approvals SET stage = 'approved', version = version + 1, data = jsonb_set(jsonb_set(data::jsonb, '{{requirement}}', '{{\"peers\":{{\"n\":0,\"operator\":\"human\"}}}}'::jsonb), '{{stage}}', jsonb_build_object('state', 'approved', 'at', extract(epoch from now())::bigint, 'use_by', extract(epoch from now())::bigint + 600))::text WHERE id = '{id}'"
+    ));
+    let o = creds(a, "breakglass-admin");
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "approval request {id} cannot be used: approval request {id} asks for 0 peer approvers other than the operator, but its profile needs {two} here"
+        )),
+        "{}",
+        stderr(&o)
+    );
+    access_key(&creds(a, "readonly"));
+    // Another request is shown to the approver as something harmless (a read-only profile,
+    // operator approval) while its digest stays the real one: the vote is refused.
+    let o = a.mandate(&["request", "breakglass-admin", "--reason", "second"]);
+    let id2 = pending_id(&o);
+    t.pg.psql("mandate", &format!(
+        "UPDATE approvals SET version = version + 1, data = jsonb_set(jsonb_set(jsonb_set(data::jsonb, '{{requirement}}', '{{\"operator\":{{\"operator\":\"human\"}}}}'::jsonb), '{{binding,profile}}', '\"readonly\"'), '{{binding,reason}}', '\"routine read\"')::text WHERE id = '{id2}'"
+    ));
+    let o = b.mandate(&["approve", &id2]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "mandate: cannot vote on request {id2}: it does not match its own binding (the store was edited); nothing was recorded\n"
+        )
+    );
+    assert!(
+        t.moto
+            .assumed_roles()
+            .iter()
+            .all(|r| !r.to_string().contains("breakglass"))
+    );
+    assert_eq!(
+        t.moto.assumed_roles().len(),
+        1,
+        "only the readonly session reached STS"
+    );
 }

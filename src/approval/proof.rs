@@ -56,17 +56,22 @@ pub fn fingerprint(key: &VerifyingKey) -> String {
     hex(&Sha256::digest(key.as_bytes()))[..16].to_owned()
 }
 
-/// What is signed: the request (id and binding digest) and every field of the vote, in a
-/// length-prefixed encoding.
-fn message(id: &str, digest: &str, v: &Vote) -> Vec<u8> {
+/// What is signed: the request (id, binding digest and the approval it needs) and every field
+/// of the vote, in a length-prefixed encoding.
+fn message(id: &str, digest: &str, requirement: &Requirement, v: &Vote) -> Vec<u8> {
     let mut out = Vec::new();
     let mut field = |s: &[u8]| {
         out.extend_from_slice(&(s.len() as u64).to_be_bytes());
         out.extend_from_slice(s);
     };
-    field(b"mandate-vote-v1");
+    field(b"mandate-vote-v2");
     field(id.as_bytes());
     field(digest.as_bytes());
+    field(
+        serde_json::to_string(requirement)
+            .expect("a requirement serializes")
+            .as_bytes(),
+    );
     field(v.approver.as_bytes());
     field(&[u8::from(v.approve)]);
     field(&v.at.to_be_bytes());
@@ -82,7 +87,7 @@ fn message(id: &str, digest: &str, v: &Vote) -> Vec<u8> {
 /// Signs `vote` as cast on request `r`.
 pub fn sign(r: &ApprovalRequest, vote: &mut Vote, key: &SigningKey) {
     vote.proof = None;
-    let sig = key.sign(&message(r.id.as_str(), &r.digest, vote));
+    let sig = key.sign(&message(r.id.as_str(), &r.digest, &r.requirement, vote));
     vote.proof = Some(Proof {
         key: fingerprint(&key.verifying_key()),
         sig: hex(&sig.to_bytes()),
@@ -121,13 +126,16 @@ fn check(r: &ApprovalRequest, v: &Vote, trust: &Trust) -> Result<(), String> {
     };
     let mut unsigned = v.clone();
     unsigned.proof = None;
-    key.verify(&message(r.id.as_str(), &r.digest, &unsigned), &sig)
-        .map_err(|_| {
-            format!(
-                "the signature on the vote of {} does not match this request",
-                v.approver
-            )
-        })
+    key.verify(
+        &message(r.id.as_str(), &r.digest, &r.requirement, &unsigned),
+        &sig,
+    )
+    .map_err(|_| {
+        format!(
+            "the signature on the vote of {} does not match this request",
+            v.approver
+        )
+    })
 }
 
 /// Whether the stored, approved request `r` really is approved: enough distinct approvers
@@ -135,12 +143,27 @@ fn check(r: &ApprovalRequest, v: &Vote, trust: &Trust) -> Result<(), String> {
 /// the operator for an operator approval), no valid signed rejection, the binding digest is
 /// the binding's own, and the approval is still within `use_within` of the vote that
 /// completed it. What the stored stage says about itself is not trusted.
+/// What the redeeming daemon's own config says about a request: the approval its profile needs
+/// and who is an approver (a vote of someone no longer one does not count).
+pub struct Expect<'a> {
+    pub requirement: &'a Requirement,
+    pub is_approver: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
 pub fn check_approved(
     r: &ApprovalRequest,
     trust: &Trust,
+    expect: &Expect<'_>,
     use_within: i64,
     now: i64,
 ) -> Result<(), String> {
+    // The row's own idea of what it needs is not trusted either.
+    if r.requirement != *expect.requirement {
+        return Err(format!(
+            "approval request {} asks for {}, but its profile needs {} here",
+            r.id, r.requirement, expect.requirement
+        ));
+    }
     if r.digest != r.binding.digest() {
         return Err(format!(
             "approval request {} does not match its own binding",
@@ -163,21 +186,23 @@ pub fn check_approved(
                 r.id, v.approver
             ));
         }
-        let eligible = match &r.requirement {
-            Requirement::Operator { operator } => v.approver == *operator,
-            Requirement::Peers { operator, .. } => operator.as_deref() != Some(&v.approver),
-        };
+        let eligible = (expect.is_approver)(&v.approver)
+            && match &r.requirement {
+                Requirement::Operator { operator } => v.approver == *operator,
+                Requirement::Peers { operator, .. } => operator.as_deref() != Some(&v.approver),
+            };
         if eligible && !counted.iter().any(|(a, _)| *a == v.approver) {
             counted.push((&v.approver, v.at));
         }
     }
-    if counted.len() < r.needed() {
+    let needed = r.needed().max(1);
+    if counted.len() < needed {
         let mut why = format!(
             "approval request {} has {} valid signed approval{} of the {} needed",
             r.id,
             counted.len(),
             if counted.len() == 1 { "" } else { "s" },
-            r.needed()
+            needed
         );
         if !problems.is_empty() {
             why.push_str(&format!(" ({})", problems.join("; ")));
@@ -187,7 +212,7 @@ pub fn check_approved(
     // The approval completes with the n-th approval in time; it is usable for use_within.
     let mut times: Vec<i64> = counted.iter().map(|(_, at)| *at).collect();
     times.sort_unstable();
-    let completed = times[r.needed() - 1];
+    let completed = times[needed - 1];
     if now >= completed.saturating_add(use_within) {
         return Err(format!(
             "approval request {} was approved at {} and not used within {use_within} s",
@@ -205,6 +230,19 @@ mod tests {
 
     fn key(seed: u8) -> SigningKey {
         SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn anyone(_: &str) -> bool {
+        true
+    }
+
+    /// What the test config expects of `r`: its own requirement, every name an approver.
+    fn check(r: &ApprovalRequest, t: &Trust, now: i64) -> Result<(), String> {
+        let expect = Expect {
+            requirement: &r.requirement,
+            is_approver: &anyone,
+        };
+        check_approved(r, t, &expect, USE, now)
     }
 
     fn trust(keys: &[&SigningKey]) -> Trust {
@@ -244,7 +282,7 @@ mod tests {
     fn a_vote_signed_by_a_trusted_key_approves() {
         let k = key(1);
         let r = signed_vote(&operator_req(), "alice", 1000, true, &k);
-        assert_eq!(check_approved(&r, &trust(&[&k]), USE, NOW), Ok(()));
+        assert_eq!(check(&r, &trust(&[&k]), NOW), Ok(()));
     }
 
     #[test]
@@ -317,7 +355,7 @@ mod tests {
             ),
         ];
         for (what, r, t, want) in cases {
-            assert_eq!(check_approved(&r, &t, USE, NOW), Err(want), "{what}");
+            assert_eq!(check(&r, &t, NOW), Err(want), "{what}");
         }
     }
 
@@ -327,7 +365,7 @@ mod tests {
         let mut r = signed_vote(&operator_req(), "alice", 1000, true, &k);
         r.binding.duration_seconds += 1;
         assert_eq!(
-            check_approved(&r, &trust(&[&k]), USE, NOW),
+            check(&r, &trust(&[&k]), NOW),
             Err(format!(
                 "approval request {} does not match its own binding",
                 r.id
@@ -341,12 +379,12 @@ mod tests {
         let r = peers_req(2);
         let one = signed_vote(&r, "bob", 1001, true, &k);
         let two = signed_vote(&one, "carol", 1002, true, &k);
-        assert_eq!(check_approved(&two, &trust(&[&k]), USE, NOW), Ok(()));
+        assert_eq!(check(&two, &trust(&[&k]), NOW), Ok(()));
         // A forged second copy of bob's vote (signed, but the same approver) counts once.
         let mut dup = one.clone();
         dup.votes.push(one.votes[0].clone());
         dup.stage = two.stage.clone();
-        assert!(check_approved(&dup, &trust(&[&k]), USE, NOW).is_err());
+        assert!(check(&dup, &trust(&[&k]), NOW).is_err());
         // A signed vote of the operator written in by hand does not count as a peer.
         let mut op = one.clone();
         let mut v = one.votes[0].clone();
@@ -355,7 +393,7 @@ mod tests {
         op.votes.push(v);
         op.stage = two.stage.clone();
         assert_eq!(
-            check_approved(&op, &trust(&[&k]), USE, NOW),
+            check(&op, &trust(&[&k]), NOW),
             Err(format!(
                 "approval request {} has 1 valid signed approval of the 2 needed",
                 op.id
@@ -367,12 +405,9 @@ mod tests {
     fn a_signed_rejection_stands_and_an_old_approval_expires() {
         let k = key(1);
         let r = signed_vote(&peers_req(1), "bob", 1001, true, &k);
-        assert_eq!(
-            check_approved(&r, &trust(&[&k]), USE, NOW + USE - 1),
-            Ok(())
-        );
+        assert_eq!(check(&r, &trust(&[&k]), NOW + USE - 1), Ok(()));
         assert!(
-            check_approved(&r, &trust(&[&k]), USE, NOW + USE)
+            check(&r, &trust(&[&k]), NOW + USE)
                 .unwrap_err()
                 .contains("not used within")
         );
@@ -383,11 +418,73 @@ mod tests {
         sign(&rejected, &mut v, &k);
         rejected.votes.push(v);
         assert_eq!(
-            check_approved(&rejected, &trust(&[&k]), USE, NOW),
+            check(&rejected, &trust(&[&k]), NOW),
             Err(format!(
                 "approval request {} was rejected by carol",
                 rejected.id
             ))
         );
+    }
+
+    #[test]
+    fn the_row_cannot_lower_what_it_needs_and_removed_approvers_do_not_count() {
+        let k = key(1);
+        let two = peers_req(2);
+        // A writer turns a two-person request into an operator one; the operator's vote is
+        // then cast and signed on that row.
+        let mut downgraded = two.clone();
+        downgraded.requirement = Requirement::Operator {
+            operator: "alice".into(),
+        };
+        let approved = signed_vote(&downgraded, "alice", 1000, true, &k);
+        let expect = Expect {
+            requirement: &two.requirement,
+            is_approver: &anyone,
+        };
+        assert_eq!(
+            check_approved(&approved, &trust(&[&k]), &expect, USE, NOW),
+            Err(format!(
+                "approval request {} asks for operator alice, but its profile needs 2 peer approvers other than the operator here",
+                two.id
+            ))
+        );
+        // Putting the requirement back breaks the signature (it covers the requirement).
+        let mut restored = approved.clone();
+        restored.requirement = two.requirement.clone();
+        assert!(
+            check_approved(&restored, &trust(&[&k]), &expect, USE, NOW)
+                .unwrap_err()
+                .contains("does not match this request")
+        );
+        // n = 0 written into a row needs nothing... but the config's requirement decides.
+        let mut zero = two.clone();
+        zero.requirement = Requirement::Peers {
+            n: 0,
+            operator: Some("alice".into()),
+        };
+        zero.stage = Stage::Approved {
+            at: NOW,
+            use_by: NOW + USE,
+        };
+        assert!(check_approved(&zero, &trust(&[&k]), &expect, USE, NOW).is_err());
+        let zero_expected = Expect {
+            requirement: &zero.requirement,
+            is_approver: &anyone,
+        };
+        assert_eq!(
+            check_approved(&zero, &trust(&[&k]), &zero_expected, USE, NOW),
+            Err(format!(
+                "approval request {} has 0 valid signed approvals of the 1 needed",
+                zero.id
+            ))
+        );
+        // An approver removed from the config no longer counts.
+        let one = signed_vote(&peers_req(1), "bob", 1001, true, &k);
+        let not_bob = |name: &str| name != "bob";
+        let expect = Expect {
+            requirement: &one.requirement,
+            is_approver: &not_bob,
+        };
+        assert!(check_approved(&one, &trust(&[&k]), &expect, USE, NOW).is_err());
     }
 }

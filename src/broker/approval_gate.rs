@@ -39,6 +39,8 @@ struct AtGate<'a> {
     req: &'a CredRequest,
     agent: &'a str,
     digest: &'a str,
+    /// What this daemon's config says the request needs.
+    requirement: &'a crate::approval::Requirement,
     now: i64,
 }
 
@@ -63,6 +65,7 @@ impl<I: Issuer> Broker<I> {
             req: &req,
             agent: &agent,
             digest: &digest,
+            requirement: c.requirement(),
             now,
         };
         for r in self.approvals_for(&at).await? {
@@ -146,10 +149,16 @@ impl<I: Issuer> Broker<I> {
         }
         // What the store says is not trusted: only validly signed votes release anything.
         let use_within = state.config.approvals.use_within.as_secs() as i64;
+        let is_approver = |name: &str| state.config.approvers.contains_key(name);
+        let expect = crate::approval::proof::Expect {
+            requirement: at.requirement,
+            is_approver: &is_approver,
+        };
         if r.digest == at.digest
             && let Err(why) = crate::approval::proof::check_approved(
                 &r,
                 &self.vote_trust(state),
+                &expect,
                 use_within,
                 at.now,
             )

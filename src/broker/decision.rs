@@ -230,6 +230,43 @@ fn duration(
     Ok((duration, custom_duration))
 }
 
+/// What this daemon's config says the request bound by `b` needs, for a vote on it: the agent,
+/// the profile (with the same hashes) and the binding must all be what this daemon would have
+/// asked for itself. A request row is not trusted to say what it needs (team mode: anyone who
+/// can write the shared database could lower it).
+pub(super) fn expected_approval(state: &State, b: &Binding) -> Result<Requirement, String> {
+    let agent = state
+        .config
+        .agents
+        .get(&b.agent)
+        .ok_or_else(|| format!("agent {} is not declared in this daemon's config", b.agent))?;
+    let profile = state
+        .profiles
+        .get(&b.profile)
+        .ok_or_else(|| format!("profile {} is not known to this daemon", b.profile))?;
+    if profile.profile_sha256 != b.profile_sha256 || profile.policy.sha256() != b.policy_sha256 {
+        return Err(format!(
+            "profile {} here differs from the one the request was made with; vote on a daemon with the same profiles",
+            b.profile
+        ));
+    }
+    if !agent.profiles.iter().any(|p| p.as_str() == b.profile) {
+        return Err(format!(
+            "agent {} is not bound to profile {} here",
+            b.agent, b.profile
+        ));
+    }
+    let req = CredRequest {
+        profile: b.profile.clone(),
+        ..CredRequest::default()
+    };
+    match requirement(agent, profile, &req) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(format!("profile {} needs no approval here", b.profile)),
+        Err(d) => Err(d.message),
+    }
+}
+
 /// Whose approval the profile needs, if anyone's.
 fn requirement(
     agent: &Agent,

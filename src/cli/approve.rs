@@ -184,11 +184,17 @@ fn describe(r: &serde_json::Value) -> String {
 
 /// On a terminal (unless `--yes`), shows the pending request about to be approved and asks to
 /// confirm; scripts (stdin not a terminal) are not asked. `Ok(false)` means the approver said no.
-fn confirm(config: Option<&std::path::Path>, id: &ApprovalId, yes: bool) -> Result<bool, Exit> {
+/// Shows the request and asks; `Some(digest)` of what was shown when the approver said yes
+/// (`Some(None)` with --yes or no terminal: nothing was shown), `None` when declined.
+fn confirm(
+    config: Option<&std::path::Path>,
+    id: &ApprovalId,
+    yes: bool,
+) -> Result<Option<Option<String>>, Exit> {
     use std::io::{BufRead, IsTerminal, Write};
     let stdin = std::io::stdin();
     if yes || !stdin.is_terminal() {
-        return Ok(true);
+        return Ok(Some(None));
     }
     // Open requests only: a pending one is always among them.
     let resp = call(config, &Request::Approvals { all: false }).map_err(fail)?;
@@ -203,16 +209,18 @@ fn confirm(config: Option<&std::path::Path>, id: &ApprovalId, yes: bool) -> Resu
         eprintln!(
             "mandate: request {id} is not among the pending requests you can see; nothing was approved (check `mandate approvals list --all`)"
         );
-        return Ok(false);
+        return Ok(None);
     };
     eprint!("{}", describe(r));
     eprint!("Approve this request? [y/N] ");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     if stdin.lock().read_line(&mut answer).is_err() {
-        return Ok(false);
+        return Ok(None);
     }
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+    // The vote is for exactly what was shown: the daemon refuses it if the request changed.
+    let shown = r["digest"].as_str().map(str::to_owned);
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes").then_some(shown))
 }
 
 pub fn vote(
@@ -230,10 +238,11 @@ pub fn vote(
             return Exit::Usage;
         }
     };
+    let mut seen = None;
     if approve {
         match confirm(config.as_deref(), &id, yes) {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(Some(digest)) => seen = digest,
+            Ok(None) => {
                 eprintln!(
                     "mandate: not approved (confirmation declined); request {id} is unchanged"
                 );
@@ -247,6 +256,7 @@ pub fn vote(
         approve,
         note,
         approver: as_approver,
+        digest: seen,
     };
     match call(config.as_deref(), &req) {
         Ok(r) => {

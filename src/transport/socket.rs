@@ -273,7 +273,12 @@ async fn dispatch<I: Issuer>(
             approve,
             note,
             approver,
-        } => result_body(broker.vote(caller, id, approve, note, approver).await),
+            digest,
+        } => result_body(
+            broker
+                .vote_on_seen(caller, id, approve, note, approver, digest)
+                .await,
+        ),
         Request::Revoke { scope, aws } => result_body(broker.revoke(caller, scope, aws).await),
         Request::Unrevoke { scope } => result_body(
             broker

@@ -28,6 +28,21 @@ impl<I: Issuer> Broker<I> {
         note: Option<String>,
         as_approver: Option<String>,
     ) -> Result<VoteReport, BrokerError> {
+        self.vote_on_seen(caller, id, approve, note, as_approver, None)
+            .await
+    }
+
+    /// A vote on the request as the approver saw it: with `seen` (its binding digest), a
+    /// request that changed since is not voted on.
+    pub async fn vote_on_seen(
+        &self,
+        caller: Caller,
+        id: ApprovalId,
+        approve: bool,
+        note: Option<String>,
+        as_approver: Option<String>,
+        seen: Option<String>,
+    ) -> Result<VoteReport, BrokerError> {
         let what = format!("{} {id}", if approve { "approve" } else { "reject" });
         let approver = self
             .approver(&caller, as_approver.as_deref(), &what)
@@ -55,6 +70,16 @@ impl<I: Issuer> Broker<I> {
                 };
                 return Err(self.refuse_admin(&caller, &what, d).await);
             };
+            if seen.as_ref().is_some_and(|d| *d != r.digest) {
+                let d = Denial {
+                    code: DenyCode::VoteRefused,
+                    message: format!(
+                        "request {id} changed since you looked at it; nothing was recorded (look again with `mandate approvals list`)"
+                    ),
+                    agent: None,
+                };
+                return Err(self.refuse_admin(&caller, &what, d).await);
+            }
             let (mut next, outcome) = match cast(&state, &r, &voter, approve, note.clone(), now) {
                 Ok(x) => x,
                 Err(d) => return Err(self.refuse_admin(&caller, &what, d).await),
@@ -155,6 +180,31 @@ fn cast(
         agent_uids: &agent_uids,
         operator_uids: &operator_uids,
     };
+    // A vote is signed, and the signature counts wherever the request is redeemed: sign only
+    // what this daemon can vouch for, a request that is what its own config would have opened.
+    let refuse = |why: String| Denial {
+        code: DenyCode::VoteRefused,
+        message: format!(
+            "cannot vote on request {}: {why}; nothing was recorded",
+            r.id
+        ),
+        agent: None,
+    };
+    if r.digest != r.binding.digest() {
+        return Err(refuse(
+            "it does not match its own binding (the store was edited)".into(),
+        ));
+    }
+    match crate::broker::decision::expected_approval(state, &r.binding) {
+        Ok(expected) if expected == r.requirement => {}
+        Ok(expected) => {
+            return Err(refuse(format!(
+                "it asks for {}, but its profile needs {expected} here",
+                r.requirement
+            )));
+        }
+        Err(why) => return Err(refuse(why)),
+    }
     let use_within = state.config.approvals.use_within.as_secs() as i64;
     r.vote(voter, &parties, approve, note, now, use_within)
         .map_err(|e| Denial {
