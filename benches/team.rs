@@ -169,16 +169,15 @@ fn main() {
             profile: "deploy-staging".into(),
             agent: None,
             reason: Some(format!("round {i}")),
-            duration_seconds: None,
+            // Another duration each round: an approved session is otherwise cached for the agent.
+            duration_seconds: Some(900 + i),
             approval_id: None,
         };
         let t = Instant::now();
         let r = call(b, &ask);
-        let id = r
-            .approval
-            .as_ref()
-            .and_then(|a| a["id"].as_str())
-            .expect("pending");
+        let Some(id) = r.approval.as_ref().and_then(|a| a["id"].as_str()) else {
+            panic!("expected a pending request, got {r:?}");
+        };
         let id = mandate::approval::ApprovalId::parse(id).unwrap();
         assert!(
             call(
