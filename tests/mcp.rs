@@ -45,6 +45,7 @@ fn every_tool_through_the_official_python_sdk() {
     let mandate = bin.display().to_string();
     let approver = |verb: &str| json!({"run": [mandate, "--config", config, verb, "$pending", "--note", "from the test"]});
     let huge = "r".repeat(100_000);
+    let purge = json!({"run": ["bash", "-c", format!("{mandate} --config {config} revoke --profile deploy-staging >/dev/null && {mandate} --config {config} unrevoke --profile deploy-staging >/dev/null")]});
     let steps = json!([
         {"call": "list_capabilities"},
         {"call": "which_profile", "args": {"action": "s3:GetObject", "resource": "arn:aws:s3:::team-data/projects/agent/report.csv"}},
@@ -58,26 +59,31 @@ fn every_tool_through_the_official_python_sdk() {
         {"call": "request_status", "args": {"id": "$pending"}},
         approver("approve"),
         {"call": "request_status", "args": {"id": "$pending"}},
-        // 10: pending, approved while the tool waits (progress notifications). A shorter
-        // session than the one now cached, so that the cache does not answer at once.
-        {"call": "request_capability", "args": {"profile": "deploy-staging", "reason": "ship the second fix", "duration": 900}},
+        // 10: the approved session dropped from the cache (revoke, then lift it), so that the
+        // next request needs an approval again; 11: pending, approved while the tool waits
+        // (progress notifications).
+        purge.clone(),
+        {"call": "request_capability", "args": {"profile": "deploy-staging", "reason": "ship the second fix"}},
         {"run": ["bash", "-c", format!("(sleep 3; {mandate} --config {config} approve $pending) >/dev/null 2>&1 &")]},
         {"call": "request_status", "args": {"id": "$pending", "wait_seconds": 60}, "progress": true},
-        // 13: pending, rejected
-        {"call": "request_capability", "args": {"profile": "deploy-staging", "reason": "drop the staging stack", "duration": 1200}},
+        // 14: dropped again; 15: pending, rejected
+        purge,
+        {"call": "request_capability", "args": {"profile": "deploy-staging", "reason": "drop the staging stack"}},
         approver("reject"),
         {"call": "request_status", "args": {"id": "$pending"}},
-        // 16: hostile arguments
+        // 18: hostile arguments
         {"call": "request_capability", "args": {"profile": "readonly", "reason": huge}},
         {"call": "request_capability", "args": {"profile": "readonly", "reason": "a\u{1b}[2Jb\u{7}"}},
         {"call": "request_capability", "args": {"profile": "no-such-profile", "reason": "try it"}},
         {"call": "request_capability", "args": {"profile": "../../etc/passwd", "reason": "try it"}},
         {"call": "request_status", "args": {"id": "not-an-id"}},
         {"call": "request_capability", "args": {"profile": "readonly", "reason": "longer", "duration": 99999}},
-        // 22: still waiting on nothing: an unknown (well-formed) id
+        // 24: still waiting on nothing: an unknown (well-formed) id
         {"call": "request_status", "args": {"id": "0123456789abcdef"}},
-        // 23: the first request again, once used: issued, with how to use it
+        // 25: the first request again, once used: issued, with how to use it
         {"call": "request_status", "args": {"id": "$first_pending"}},
+        // 26: a shorter session than the profile's: credential_process could never fetch it
+        {"call": "request_capability", "args": {"profile": "readonly", "reason": "shorter", "duration": 900}},
     ]);
     let cmd = vec![
         mandate.clone(),
@@ -225,7 +231,7 @@ fn every_tool_through_the_official_python_sdk() {
     assert_eq!(approved["profile"], "deploy-staging");
     assert_eq!(approved["approval"]["id"], first_id.as_str());
 
-    let again = &step(&r, 23)["structured"];
+    let again = &step(&r, 25)["structured"];
     assert_eq!(again["status"], "issued", "{again}");
     assert_eq!(again["approval"]["id"], first_id.as_str(), "{again}");
     assert!(again["used_at"].is_string(), "{again}");
@@ -235,7 +241,7 @@ fn every_tool_through_the_official_python_sdk() {
     );
 
     // Waiting with progress notifications until the approval lands.
-    let waited = step(&r, 12);
+    let waited = step(&r, 13);
     assert_eq!(waited["structured"]["status"], "issued", "{waited}");
     let progress = waited["progress"].as_array().unwrap();
     assert!(progress.len() >= 2, "{waited}");
@@ -249,50 +255,55 @@ fn every_tool_through_the_official_python_sdk() {
     assert_eq!(progress[0]["total"], 60.0);
 
     // Rejected: a tool error saying by whom and why.
-    let rejected = step(&r, 15);
+    let rejected = step(&r, 17);
     assert_eq!(rejected["is_error"], true, "{rejected}");
-    let rid = step(&r, 13)["structured"]["request_id"].as_str().unwrap();
+    let rid = step(&r, 15)["structured"]["request_id"].as_str().unwrap();
     assert_eq!(
         rejected["text"],
         format!("approval request {rid} is rejected by human: from the test; nothing was issued")
     );
 
     // Hostile arguments: exact tool errors, and each one in the audit log.
-    let cases: [(usize, &str, &str); 7] = [
+    let cases: [(usize, &str, &str); 8] = [
         (
-            16,
+            18,
             "reason is longer than 1024 bytes (UTF-8): 100000 bytes",
             "mcp request_capability: reason is longer than 1024 bytes",
         ),
         (
-            17,
+            19,
             "reason contains a control character (U+001B); send one line of plain text",
             "mcp request_capability: reason contains a control character (U+001B)",
         ),
         (
-            18,
+            20,
             "no profile named \"no-such-profile\"",
             "no profile named \"no-such-profile\"",
         ),
         (
-            19,
+            21,
             "profile \"../../etc/passwd\": ",
             "mcp request_capability: profile \"../../etc/passwd\": ",
         ),
         (
-            20,
+            22,
             "\"not-an-id\" is not an approval id",
             "mcp request_status: \"not-an-id\" is not an approval id",
         ),
         (
-            21,
+            23,
             "duration 99999 s is outside 900 to 43200 s",
             "mcp request_capability: duration 99999 s is outside 900 to 43200 s",
         ),
         (
-            22,
+            24,
             "agent claude has no approval request 0123456789abcdef",
             "request_status: agent claude has no approval request 0123456789abcdef",
+        ),
+        (
+            26,
+            "a 900 s session of readonly cannot be handed over: credential_process fetches sessions of the profile's own duration (3600 s); leave duration out",
+            "mcp request_capability: a 900 s session of readonly cannot be handed over",
         ),
     ];
     for (i, message, audited) in cases {
@@ -313,7 +324,7 @@ fn every_tool_through_the_official_python_sdk() {
         assert_eq!(records[0]["agent"], "claude", "{}", records[0]);
         assert!(records[0]["uid"].is_number(), "{}", records[0]);
     }
-    let unknown = step(&r, 18);
+    let unknown = step(&r, 20);
     assert_eq!(
         unknown["structured"]["instead"],
         "this agent's profiles are deploy-staging, readonly, s3-data; which_profile names the least privileged one for an action"

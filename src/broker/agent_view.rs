@@ -74,12 +74,9 @@ impl<I: Issuer> Broker<I> {
                 return e.into();
             }
         }
-        if let Some(agent) = &d.agent
-            && d.code.counts_toward_breaker()
-            && let Err(e) = self.count_denial(agent).await
-        {
-            return e;
-        }
+        // Questions change nothing, so a wrong one never counts toward the agent's breaker
+        // (a prompt-injected agent could otherwise lock itself out with typos); the volume
+        // budget above bounds what they write.
         BrokerError::Denied(d)
     }
 
@@ -250,14 +247,39 @@ impl<I: Issuer> Broker<I> {
         what: String,
         message: String,
     ) -> BrokerError {
-        let agent = self.agent_of(&caller, requested.as_deref()).ok();
-        let d = deny(
-            DenyCode::BadRequest,
-            message,
-            agent.as_ref().map(|a| a.name.as_str()),
-        );
+        // Only an agent's own client reports its refusals; what it says is kept to one line of
+        // printable text under a fixed name.
+        let agent = match self.agent_of(&caller, requested.as_deref()) {
+            Ok(a) => a,
+            Err(d) => return self.refuse_question(&caller, "client_refusal", d).await,
+        };
+        let what = if CLIENT_TOOLS.contains(&what.as_str()) {
+            what
+        } else {
+            "client".to_owned()
+        };
+        let message: String = message
+            .chars()
+            .map(|c| if printable(c) { c } else { '\u{fffd}' })
+            .collect();
+        let d = deny(DenyCode::BadRequest, message, Some(&agent.name));
         self.refuse_question(&caller, &what, d).await
     }
+}
+
+/// The names a client may report a refusal under (the MCP tools).
+const CLIENT_TOOLS: [&str; 4] = [
+    "mcp list_capabilities",
+    "mcp request_capability",
+    "mcp request_status",
+    "mcp which_profile",
+];
+
+/// Neither a control character nor one that reorders or hides text (bidirectional controls,
+/// zero-width characters): what a client writes into the audit log reads as it is.
+fn printable(c: char) -> bool {
+    !c.is_control()
+        && !matches!(c as u32, 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2069 | 0xFEFF)
 }
 
 /// "your operator ann approves each session", in words.

@@ -67,6 +67,13 @@ pub fn parse_resource(s: &str) -> Result<String, String> {
     if s == "*" {
         return Ok(s.to_owned());
     }
+    // A pattern is not one resource: matched as text, it could miss a Deny it overlaps.
+    if s.contains(['*', '?']) {
+        return Err(format!(
+            "resource {} contains a wildcard; name one resource (an ARN without * or ?), or * for every resource",
+            crate::diag::quoted(&s.chars().take(80).collect::<String>())
+        ));
+    }
     let parts: Vec<&str> = s.splitn(6, ':').collect();
     if parts.len() < 6 || parts[0] != "arn" || parts[1].is_empty() || parts[2].is_empty() {
         return Err(format!(
@@ -157,7 +164,8 @@ pub fn evaluate(c: &CompiledProfile, action: &Action, resource: Option<&str>) ->
                 Verdict::Denied
             };
         }
-        deny_may_apply |= on(d, resource) || resource.is_none();
+        // Asking about no resource or every resource, a Deny on some of them may apply.
+        deny_may_apply |= resource.is_none_or(|r| r == "*") || on(d, resource);
     }
     if auto {
         // The automatic Deny is blanket; an action it names is never usable.
@@ -183,8 +191,22 @@ pub fn evaluate(c: &CompiledProfile, action: &Action, resource: Option<&str>) ->
         .collect();
     resources.sort();
     resources.dedup();
+    // An Allow that matches the resource only through a policy variable holds only if the
+    // variable is what it must be at AWS.
+    let through_variable = |s: &Statement| {
+        resource.is_some_and(|arn| {
+            arn != "*"
+                && s.resource
+                    .iter()
+                    .filter(|r| resource_match(r, arn))
+                    .all(|r| r.contains("${"))
+        })
+    };
     Verdict::Allowed {
-        conditional: deny_may_apply || hits.iter().all(|s| s.condition.is_some()),
+        conditional: deny_may_apply
+            || hits
+                .iter()
+                .all(|s| s.condition.is_some() || through_variable(s)),
         resources,
     }
 }
@@ -313,5 +335,41 @@ mod tests {
             assert!(parse_resource(bad).is_err(), "{bad}");
         }
         assert!(parse_resource(&format!("arn:aws:s3:::{}", "a".repeat(3000))).is_err());
+    }
+
+    #[test]
+    fn wildcards_every_resource_and_policy_variables_never_give_a_plain_yes() {
+        // A pattern is refused: it could step around a Deny it overlaps.
+        assert_eq!(
+            parse_resource("arn:aws:s3:::team-data/projects/agent/*"),
+            Err("resource \"arn:aws:s3:::team-data/projects/agent/*\" contains a wildcard; name one resource (an ARN without * or ?), or * for every resource".into())
+        );
+        assert!(parse_resource("arn:aws:s3:::pay?oll/x").is_err());
+        // Every resource, with a Deny on some of them: only conditionally allowed.
+        let text = "description = \"wide\"\nrole = \"sandbox\"\n\n[[allow]]\nactions = [\"s3:GetObject\"]\nresources = [\"*\"]\n\n[[deny]]\nactions = [\"s3:GetObject\"]\nresources = [\"arn:aws:s3:::payroll/*\"]\n";
+        let p = crate::profile::parse("wide.toml", "wide", text.as_bytes())
+            .unwrap_or_else(|d| panic!("{d:?}"));
+        let wide = crate::policy::compile(&p).unwrap();
+        match evaluate(&wide, act("s3:GetObject"), Some("*")) {
+            Verdict::Allowed { conditional, .. } => assert!(conditional, "payroll/* is denied"),
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(
+            evaluate(&wide, act("s3:GetObject"), Some("arn:aws:s3:::payroll/x")),
+            Verdict::Denied
+        );
+        // A statement reached only through ${...} holds only if the variable matches.
+        let text = "description = \"home dirs\"\nrole = \"sandbox\"\n\n[[allow]]\nactions = [\"s3:PutObject\"]\nresources = [\"arn:aws:s3:::team-data/home/${aws:PrincipalTag/team}/*\"]\n";
+        let p = crate::profile::parse("home.toml", "home", text.as_bytes())
+            .unwrap_or_else(|d| panic!("{d:?}"));
+        let doc = crate::policy::compile(&p).unwrap();
+        match evaluate(
+            &doc,
+            act("s3:PutObject"),
+            Some("arn:aws:s3:::team-data/home/other/x"),
+        ) {
+            Verdict::Allowed { conditional, .. } => assert!(conditional, "through a variable"),
+            v => panic!("{v:?}"),
+        }
     }
 }

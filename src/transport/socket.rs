@@ -313,6 +313,24 @@ async fn dispatch<I: Issuer>(
             duration_seconds,
             approval_id,
         } => {
+            // The session stays in the cache for credential_process, which asks for the
+            // profile's own duration: a session of another one could never be fetched.
+            let own = broker
+                .state()
+                .profiles
+                .get(&profile)
+                .map(|p| p.profile.duration.seconds());
+            if let (Some(d), Some(own)) = (duration_seconds, own)
+                && d != own
+            {
+                let message = format!(
+                    "a {d} s session of {profile} cannot be handed over: credential_process fetches sessions of the profile's own duration ({own} s); leave duration out"
+                );
+                let e = broker
+                    .client_refusal(caller, agent, "mcp request_capability".into(), message)
+                    .await;
+                return result_body::<()>(Err(e));
+            }
             let req = CredRequest {
                 profile,
                 agent,
