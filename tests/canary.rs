@@ -196,7 +196,7 @@ fn no_secret_appears_anywhere_but_the_intended_response_bodies() {
     let mcp_steps = json!([
         {"call": "list_capabilities"},
         {"call": "request_capability", "args": {"profile": "readonly", "reason": "canary"}},
-        {"call": "request_capability", "args": {"profile": "s3-data", "reason": "canary mint", "duration": 960}},
+        {"call": "request_capability", "args": {"profile": "s3-data", "reason": "canary mint"}},
         {"call": "request_capability", "args": {"profile": "deploy-staging", "reason": "canary wait"}},
         {"call": "request_status", "args": {"id": "$pending", "wait_seconds": 2}, "progress": true},
         {"call": "request_capability", "args": {"profile": "breakglass-admin", "reason": "canary"}},
@@ -207,7 +207,16 @@ fn no_secret_appears_anywhere_but_the_intended_response_bodies() {
         .iter()
         .map(|s| s.to_string())
         .collect();
+    // s3-data's cached session dropped first, so that the MCP request mints a fresh one.
+    for verb in ["revoke", "unrevoke"] {
+        let o = d.mandate(&[verb, "--profile", "s3-data"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
     let (mcp, mcp_stderr) = mcp_session(tmp.path(), "canary-mcp", &mcp_steps, &mcp_cmd);
+    assert_eq!(
+        mcp["steps"][2]["structured"]["cached"], false,
+        "a fresh mint: {mcp}"
+    );
     assert_eq!(mcp["steps"][2]["structured"]["status"], "issued", "{mcp}");
     assert_eq!(mcp["steps"][3]["structured"]["status"], "pending", "{mcp}");
     elsewhere.push(("mcp tool results".into(), mcp.to_string()));

@@ -75,7 +75,17 @@ async fn an_agent_sees_its_own_profiles_and_requests_only() {
     let refused = broker
         .client_refusal(stranger, None, "mcp x".into(), "bad".into())
         .await;
-    assert_eq!(refused.code(), "bad_request");
+    // Only an agent's own client reports refusals.
+    assert_eq!(refused.code(), "unknown_caller");
+    let reported = broker
+        .client_refusal(
+            CLAUDE,
+            None,
+            "not a tool".into(),
+            "bad\u{1b}[2J\u{202e}".into(),
+        )
+        .await;
+    assert_eq!(reported.code(), "bad_request");
 
     let recs = records(&dir);
     let denied: Vec<&serde_json::Value> = recs.iter().filter(|r| r["kind"] == "denied").collect();
@@ -90,7 +100,9 @@ async fn an_agent_sees_its_own_profiles_and_requests_only() {
             "request_status: agent other has no approval request 0123456789abcdef".into(),
             "request_status: \"x\" is not an approval id (16 hexadecimal characters, as `mandate approvals list` shows)".into(),
             "capabilities: uid 3000 is not bound to any agent in the broker config".into(),
-            "mcp x: bad".into(),
+            "client_refusal: uid 3000 is not bound to any agent in the broker config".into(),
+            // Under a fixed name, in printable text only.
+            "client: bad\u{fffd}[2J\u{fffd}".into(),
         ],
         "each refusal is audited, with who asked"
     );
