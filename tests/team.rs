@@ -366,6 +366,12 @@ fn audit_verify_store_detects_a_truncated_local_log() {
     // its way out), then check the intact log against it.
     let ok = d.mandate(&["audit", "verify", "--store"]);
     assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(
+        String::from_utf8_lossy(&ok.stdout)
+            .contains(&format!("{} of them anchored in the store", lines.len())),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
     // Cut the log back to the first checkpoint, checkpoints included: the local check cannot
     // tell.
     let first: Value = serde_json::from_str(lines[0]).unwrap();
@@ -381,6 +387,15 @@ fn audit_verify_store_detects_a_truncated_local_log() {
         stderr(&anchored).contains("audit log DAMAGED"),
         "{}",
         stderr(&anchored)
+    );
+    // A store that holds none of this daemon's checkpoints vouches for nothing.
+    t.pg.psql("mandate", "DELETE FROM checkpoints");
+    let empty = t.daemons[0].mandate(&["audit", "verify", "--store"]);
+    assert_eq!(empty.status.code(), Some(3), "{}", stderr(&empty));
+    assert!(
+        stderr(&empty).contains("the store holds no checkpoint of key"),
+        "{}",
+        stderr(&empty)
     );
 }
 

@@ -238,9 +238,20 @@ fn verify_cmd(
             bad = conflict;
         }
     }
+    let mut anchored_count = None;
     if store {
         let anchored = store_checkpoints(config_flag, &vk)?;
         let (theirs, bad_theirs) = checkpoint::read(&anchored, &vk);
+        // Nothing anchored while the log has signed checkpoints: the store cannot vouch for
+        // anything (a fresh or wiped database, or another one).
+        if theirs.is_empty() && !cps.is_empty() && bad.is_none() {
+            bad = Some(format!(
+                "the store holds no checkpoint of key {} while the local log has {}: it cannot vouch for this log (another database, or its rows were deleted)",
+                checkpoint::fingerprint(&vk),
+                cps.len()
+            ));
+        }
+        anchored_count = Some(theirs.len());
         if bad.is_none() {
             bad = bad_theirs.map(|b| format!("the store's {b}"));
         }
@@ -265,14 +276,24 @@ fn verify_cmd(
         let mut v = serde_json::to_value(&report).unwrap_or_default();
         v["intact"] = report.intact().into();
         v["key"] = fp.into();
+        if let Some(n) = anchored_count {
+            v["anchored"] = n.into();
+        }
         super::print_json(&v, true);
     } else if let Some(problem) = &report.problem {
         eprintln!("audit log DAMAGED: {problem}");
     } else {
         print_bytes(
             format!(
-                "audit log intact: {} record(s), seq 1..{}, in {} segment(s); {} signed checkpoint(s) (key {fp}); {} record(s) after the last checkpoint are not yet covered by a signature\n",
-                report.records, report.last_seq, report.segments, report.checkpoints, report.uncovered
+                "audit log intact: {} record(s), seq 1..{}, in {} segment(s); {} signed checkpoint(s) (key {fp}){}; {} record(s) after the last checkpoint are not yet covered by a signature\n",
+                report.records,
+                report.last_seq,
+                report.segments,
+                report.checkpoints,
+                anchored_count
+                    .map(|n| format!(", {n} of them anchored in the store"))
+                    .unwrap_or_default(),
+                report.uncovered
             )
             .as_bytes(),
         );

@@ -60,7 +60,7 @@ pub fn refused(r: &Refused, instead: Option<String>) -> CallToolResult {
 pub fn issued(result: &serde_json::Value, usage: &Usage) -> CallToolResult {
     let profile = result["profile"].as_str().unwrap_or_default();
     let cp = usage.credential_process(profile);
-    let note = "The session is issued and kept by the broker: the AWS CLI and SDKs get it through credential_process (or `mandate exec`) until it expires, then a fresh one (a session shorter than the profile's own is not kept: credential_process then gets one of the profile's length). The keys never pass through this server.";
+    let note = "The session is issued and kept by the broker: the AWS CLI and SDKs get it through credential_process (or `mandate exec`) until it expires, then a fresh one. The keys never pass through this server.";
     ok(serde_json::json!({
         "status": "issued",
         "profile": profile,

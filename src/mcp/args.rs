@@ -19,8 +19,8 @@ pub struct RequestCapability {
     /// Why the agent needs it: one line the approver reads (at most 1024 bytes, no control
     /// characters).
     pub reason: String,
-    /// Session length in seconds (900 up to the profile's own duration); the profile's when
-    /// omitted.
+    /// Session length in seconds: leave it out. Only the profile's own duration is accepted
+    /// (credential_process fetches sessions of that length).
     #[serde(default)]
     pub duration: Option<u32>,
 }

@@ -452,6 +452,11 @@ async fn migrate(i: &Arc<Inner>) -> Result<()> {
         .query_one("SELECT COALESCE(MAX(version), 0) FROM mandate_schema", &[])
         .await?
         .get(0);
+    if have < 0 {
+        return Err(Fail::Other(format!(
+            "the database schema says version {have}, which no mandate writes: the mandate_schema table was edited; restore it or use a fresh database"
+        )));
+    }
     if have > SCHEMA_VERSION {
         return Err(Fail::Other(format!(
             "the database schema is version {have}, this mandate knows up to {SCHEMA_VERSION}: upgrade mandate before pointing it at this database"
