@@ -241,12 +241,19 @@ impl Catalog {
 /// IAM wildcard matching: `*` matches any run of characters, `?` any one character, and letters
 /// compare case-insensitively (action names are case-insensitive in IAM).
 pub fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let p = pattern.as_bytes();
-    let t = text.as_bytes();
+    glob(pattern.as_bytes(), text.as_bytes(), |a, b| a.eq_ignore_ascii_case(&b))
+}
+
+/// The same matching with case-sensitive letters (resource ARNs are case-sensitive in IAM).
+pub fn wildcard_match_case_sensitive(pattern: &str, text: &str) -> bool {
+    glob(pattern.as_bytes(), text.as_bytes(), |a, b| a == b)
+}
+
+fn glob(p: &[u8], t: &[u8], same: impl Fn(u8, u8) -> bool) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi].eq_ignore_ascii_case(&t[ti])) {
+        if pi < p.len() && (p[pi] == b'?' || same(p[pi], t[ti])) {
             pi += 1;
             ti += 1;
         } else if pi < p.len() && p[pi] == b'*' {

@@ -104,28 +104,7 @@ fn resource_match(pattern: &str, arn: &str) -> bool {
         }
     }
     p.push_str(rest);
-    glob(p.as_bytes(), arn.as_bytes())
-}
-
-fn glob(p: &[u8], t: &[u8]) -> bool {
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
+    catalog::wildcard_match_case_sensitive(&p, arn)
 }
 
 fn on(s: &Statement, resource: Option<&str>) -> bool {
