@@ -44,43 +44,14 @@ fn creds(profile: &str) -> Request {
 
 /// `n` daemons on `pg`, each trusting the others' vote signatures.
 fn team(pg: &Postgres, moto: &Moto, n: usize) -> Vec<Daemon> {
-    let mut dirs = Vec::new();
-    let mut signers = String::new();
-    for i in 0..n {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("broker.toml");
-        std::fs::write(&path, config_text(&moto.endpoint(), "")).unwrap();
-        assert!(
-            mandate_at(&path)
-                .arg("init")
-                .output()
-                .unwrap()
-                .status
-                .success()
+    daemons_sharing(&moto.endpoint(), n, |signers| {
+        let extra = format!(
+            "[limits]\nmax_issuances = 100000\nmax_live_sessions = 100000\nmax_deliveries = 100000000\n\n[store]\nurl = \"{}\"\npassword_file = \"{}\"\n\n[store.vote_signers]\n{signers}",
+            pg.url(),
+            pg.password_file().display()
         );
-        let key = std::fs::read_to_string(dir.path().join("state/signing.pub")).unwrap();
-        signers.push_str(&format!("daemon{i} = \"{}\"\n", key.trim()));
-        dirs.push(dir);
-    }
-    let extra = format!(
-        "[limits]\nmax_issuances = 100000\nmax_live_sessions = 100000\nmax_deliveries = 100000000\n\n[store]\nurl = \"{}\"\npassword_file = \"{}\"\n\n[store.vote_signers]\n{signers}",
-        pg.url(),
-        pg.password_file().display()
-    );
-    let config = config_text(&moto.endpoint(), &extra);
-    dirs.into_iter()
-        .map(|dir| {
-            Daemon::start_in(
-                dir,
-                &config,
-                &[
-                    ("AWS_ACCESS_KEY_ID", "testing"),
-                    ("AWS_SECRET_ACCESS_KEY", "testing"),
-                ],
-                None,
-            )
-        })
-        .collect()
+        config_text(&moto.endpoint(), &extra)
+    })
 }
 
 fn revoked(d: &Daemon) -> bool {

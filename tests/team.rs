@@ -44,17 +44,14 @@ struct Team {
     pg: Postgres,
 }
 
-/// The `[store]` table for daemons on `pg`, trusting the vote signatures of `signers`.
-fn store_table(pg: &Postgres, signers: &[(String, String)], extra: &str) -> String {
-    let mut t = format!(
-        "[store]\nurl = \"{}\"\npassword_file = \"{}\"\nstale_after = \"3s\"\nresync = \"1s\"\n{extra}\n[store.vote_signers]\n",
+/// The `[store]` table for daemons on `pg`, trusting the vote signatures of `signers` (lines of
+/// `[store.vote_signers]`).
+fn store_table(pg: &Postgres, signers: &str) -> String {
+    format!(
+        "[store]\nurl = \"{}\"\npassword_file = \"{}\"\nstale_after = \"3s\"\nresync = \"1s\"\n\n[store.vote_signers]\n{signers}",
         pg.url(),
         pg.password_file().display()
-    );
-    for (name, key) in signers {
-        t.push_str(&format!("{name} = \"{key}\"\n"));
-    }
-    t
+    )
 }
 
 /// `n` daemons on one database; every daemon trusts the others' vote signatures. `extra` goes
@@ -62,40 +59,15 @@ fn store_table(pg: &Postgres, signers: &[(String, String)], extra: &str) -> Stri
 fn team(n: usize, extra: &str) -> Team {
     let pg = Postgres::start();
     let moto = Moto::start();
-    // Each daemon's state directory and signing key first, so that every config can name every
-    // daemon's public key.
-    let mut dirs = Vec::new();
-    let mut signers = Vec::new();
-    for i in 0..n {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("broker.toml");
-        std::fs::write(&path, config_text(&moto.endpoint(), "")).unwrap();
-        let out = mandate_at(&path).arg("init").output().unwrap();
-        assert!(out.status.success(), "init: {}", stderr(&out));
-        let key = std::fs::read_to_string(dir.path().join("state/signing.pub")).unwrap();
-        signers.push((format!("daemon{i}"), key.trim().to_owned()));
-        dirs.push(dir);
-    }
-    // Every daemon: claude may also ask for breakglass-admin (two peers, never the operator).
-    let config = config_text(&moto.endpoint(), &store_table(&pg, &signers, "")).replace(
-        r#"profiles = ["readonly", "s3-data", "deploy-staging"]"#,
-        r#"profiles = ["readonly", "s3-data", "deploy-staging", "breakglass-admin"]"#,
-    ) + "\n[approvers.bob]\nuids = [4101]\n[approvers.carol]\nuids = [4102]\n"
-        + extra;
-    let daemons = dirs
-        .into_iter()
-        .map(|dir| {
-            Daemon::start_in(
-                dir,
-                &config,
-                &[
-                    ("AWS_ACCESS_KEY_ID", "testing"),
-                    ("AWS_SECRET_ACCESS_KEY", "testing"),
-                ],
-                None,
-            )
-        })
-        .collect();
+    let daemons = daemons_sharing(&moto.endpoint(), n, |signers| {
+        // Every daemon: claude may also ask for breakglass-admin (two peers, never the
+        // operator).
+        config_text(&moto.endpoint(), &store_table(&pg, signers)).replace(
+            r#"profiles = ["readonly", "s3-data", "deploy-staging"]"#,
+            r#"profiles = ["readonly", "s3-data", "deploy-staging", "breakglass-admin"]"#,
+        ) + "\n[approvers.bob]\nuids = [4101]\n[approvers.carol]\nuids = [4102]\n"
+            + extra
+    });
     let t = Team { daemons, moto, pg };
     for d in &t.daemons {
         wait_for(
@@ -505,9 +477,15 @@ fn the_password_can_come_from_the_environment() {
     );
     access_key(&creds(&d, "readonly"));
     assert_eq!(status(&d)["store"]["kind"], "postgres");
-    // The session is in the shared index.
-    let rows = pg.psql("mandate", "SELECT 'sessions=' || count(*) FROM sessions");
-    assert!(rows.contains("sessions=1"), "{rows}");
+    // The session reaches the shared index (written just after delivery, never waited on).
+    wait_for(
+        "the session in the shared index",
+        Duration::from_secs(5),
+        || {
+            pg.psql("mandate", "SELECT 'sessions=' || count(*) FROM sessions")
+                .contains("sessions=1")
+        },
+    );
 }
 
 /// A database writer rewrites what a request needs or what it looks like; the daemons neither

@@ -241,7 +241,9 @@ impl Catalog {
 /// IAM wildcard matching: `*` matches any run of characters, `?` any one character, and letters
 /// compare case-insensitively (action names are case-insensitive in IAM).
 pub fn wildcard_match(pattern: &str, text: &str) -> bool {
-    glob(pattern.as_bytes(), text.as_bytes(), |a, b| a.eq_ignore_ascii_case(&b))
+    glob(pattern.as_bytes(), text.as_bytes(), |a, b| {
+        a.eq_ignore_ascii_case(&b)
+    })
 }
 
 /// The same matching with case-sensitive letters (resource ARNs are case-sensitive in IAM).

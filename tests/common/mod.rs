@@ -497,6 +497,43 @@ impl Daemon {
     }
 }
 
+/// `n` daemons that will share one store (team mode). Each state directory and signing key is
+/// prepared first (`mandate init`), so that every config can name every daemon's public key:
+/// `config` gets the `daemonI = "KEY"` lines for `[store.vote_signers]` and returns the
+/// broker.toml they all run.
+pub fn daemons_sharing(endpoint: &str, n: usize, config: impl Fn(&str) -> String) -> Vec<Daemon> {
+    let mut dirs = Vec::new();
+    let mut signers = String::new();
+    for i in 0..n {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, config_text(endpoint, "")).unwrap();
+        let out = mandate_at(&path).arg("init").output().unwrap();
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key = std::fs::read_to_string(dir.path().join("state/signing.pub")).unwrap();
+        signers.push_str(&format!("daemon{i} = \"{}\"\n", key.trim()));
+        dirs.push(dir);
+    }
+    let config = config(&signers);
+    dirs.into_iter()
+        .map(|dir| {
+            Daemon::start_in(
+                dir,
+                &config,
+                &[
+                    ("AWS_ACCESS_KEY_ID", "testing"),
+                    ("AWS_SECRET_ACCESS_KEY", "testing"),
+                ],
+                None,
+            )
+        })
+        .collect()
+}
+
 /// Evaluates requests of an assumed-role session of `ROLE_ARN` whose role has a permissive policy
 /// (Allow `*` on `*`) plus `role_policies` (e.g. the `mandate-revocations` inline policy) with the
 /// independent IAM evaluator `@cloud-copilot/iam-simulate` (`tests/iam-sim/revocation.mjs`).
