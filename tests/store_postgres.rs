@@ -489,7 +489,12 @@ fn the_daemon_serves_from_the_shared_store_and_refuses_to_start_without_it() {
     let public = std::fs::read_to_string(d.dir.path().join("state/signing.pub")).unwrap();
     let key = mandate::audit::checkpoint::parse_public(&public).unwrap();
     let id = mandate::audit::checkpoint::fingerprint(&key);
-    let rows = pg.psql("mandate", "SELECT agent, daemon FROM sessions");
+    // The index line is written just after delivery, never waited on.
+    let mut rows = String::new();
+    common::wait_until("the session index", Duration::from_secs(10), || {
+        rows = pg.psql("mandate", "SELECT agent, daemon FROM sessions");
+        !rows.trim().is_empty()
+    });
     assert_eq!(rows.trim(), format!("claude|{id}"));
     drop(d);
 

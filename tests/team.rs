@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::postgres::Postgres;
 use common::*;
@@ -70,7 +70,7 @@ fn team(n: usize, extra: &str) -> Team {
     });
     let t = Team { daemons, moto, pg };
     for d in &t.daemons {
-        wait_for(
+        common::wait_until(
             "the daemon to see the store",
             Duration::from_secs(10),
             || status(d)["store"]["fresh"] == true,
@@ -81,14 +81,6 @@ fn team(n: usize, extra: &str) -> Team {
 
 fn status(d: &Daemon) -> Value {
     ok_json(&d.mandate(&["status", "--json"]))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn creds(d: &Daemon, profile: &str) -> Output {
@@ -179,7 +171,7 @@ fn revoke_and_pause_reach_every_daemon_within_a_second_and_limits_hold_across_th
     // Limits hold across daemons: 5 live sessions in all, wherever they were issued (3
     // readonly, the one A minted after the revoke dropped its cached one, and this one).
     access_key(&creds(a, "s3-data"));
-    wait_for(
+    common::wait_until(
         "C to count the others' sessions",
         Duration::from_secs(3),
         || {
@@ -256,7 +248,7 @@ fn the_database_down_fails_closed_and_everything_recovers_without_a_restart() {
     // The database is back: both daemons resume by themselves.
     t.pg.start_again();
     for d in [a, b] {
-        wait_for("issuing to resume", Duration::from_secs(15), || {
+        common::wait_until("issuing to resume", Duration::from_secs(15), || {
             creds(d, "readonly").status.success()
         });
     }
@@ -289,7 +281,7 @@ fn revoke_session_works_from_another_daemon_and_after_a_restart() {
         )
         .contains("rows=1")
     };
-    wait_for("the session in the store", Duration::from_secs(5), || {
+    common::wait_until("the session in the store", Duration::from_secs(5), || {
         indexed(&request_id)
     });
     // B did not issue it, and revokes it.
@@ -313,7 +305,7 @@ fn revoke_session_works_from_another_daemon_and_after_a_restart() {
         .as_str()
         .unwrap()
         .to_owned();
-    wait_for("the session in the store", Duration::from_secs(5), || {
+    common::wait_until("the session in the store", Duration::from_secs(5), || {
         indexed(&s3_request)
     });
     let out = t.daemons[1].mandate(&["revoke", "--session", &s3_request]);
@@ -406,7 +398,7 @@ fn the_database_password_never_shows() {
         &a.mandate(&["audit", "verify", "--store"]),
     );
     t.pg.start_again();
-    wait_for("issuing to resume", Duration::from_secs(15), || {
+    common::wait_until("issuing to resume", Duration::from_secs(15), || {
         creds(a, "readonly").status.success()
     });
     // A daemon started with a wrong password says so without either password.
@@ -478,7 +470,7 @@ fn the_password_can_come_from_the_environment() {
     access_key(&creds(&d, "readonly"));
     assert_eq!(status(&d)["store"]["kind"], "postgres");
     // The session reaches the shared index (written just after delivery, never waited on).
-    wait_for(
+    common::wait_until(
         "the session in the shared index",
         Duration::from_secs(5),
         || {

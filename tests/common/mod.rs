@@ -67,7 +67,8 @@ pub fn http(port: u16, method: &str, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.").then(|| body.to_owned())
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+/// Polls `f` every 50 ms until it holds; panics after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
