@@ -19,6 +19,7 @@ mod notify;
 mod parser;
 mod roles;
 mod store;
+mod console;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ pub use agents::{MAX_AGENT_NAME, check_agent_name};
 pub use http::check_listen;
 pub use notify::check_url;
 pub use parser::parse;
+pub use console::{ConsoleConfig, OidcConfig, parse_public_url};
 pub use store::{PasswordSource, SslMode, StoreConfig, StoreUrl, parse_store_url};
 
 use check::cross_check;
@@ -106,6 +108,10 @@ pub struct Agent {
 pub struct Approver {
     pub name: String,
     pub uids: Vec<u32>,
+    /// Who this approver is at the console's OpenID provider (`sub`), if mapped that way.
+    pub oidc_subject: Option<String>,
+    /// Or: a verified email at the provider (`email` with `email_verified: true`).
+    pub email: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +222,8 @@ pub struct Config {
     pub http: Option<std::net::SocketAddr>,
     /// Team mode's shared database (`[store]`); `None`: the SQLite file in `state_dir`.
     pub store: Option<StoreConfig>,
+    /// The approval console (`[console]`), if enabled.
+    pub console: Option<ConsoleConfig>,
 }
 
 impl Config {

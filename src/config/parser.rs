@@ -17,7 +17,7 @@ use crate::toml_walk::{self, Walker};
 use super::broker::BrokerTable;
 use super::{Agent, ApprovalPolicy, Approver, Config, Limits, Notify, Role};
 
-const TOP: [&str; 10] = [
+const TOP: [&str; 11] = [
     "broker",
     "audit",
     "roles",
@@ -28,8 +28,9 @@ const TOP: [&str; 10] = [
     "limits",
     "notify",
     "store",
+    "console",
 ];
-const TABLES: &str = "[broker], [audit], [roles.NAME], [agents.NAME], [approvers.NAME], [http], [approvals], [limits], [notify] or [store]";
+const TABLES: &str = "[broker], [audit], [roles.NAME], [agents.NAME], [approvers.NAME], [http], [approvals], [limits], [notify], [store] or [console]";
 
 /// Parses the config text. Relative paths are resolved against `base` (the config's directory).
 pub fn parse(
@@ -69,6 +70,7 @@ struct Draft {
     limits: Limits,
     notify: Notify,
     store: Option<super::StoreConfig>,
+    console: Option<super::ConsoleConfig>,
 }
 
 impl Draft {
@@ -87,6 +89,7 @@ impl Draft {
                 ..Notify::default()
             },
             store: None,
+            console: None,
         }
     }
 
@@ -112,6 +115,7 @@ impl Draft {
             notify: self.notify,
             http: self.http,
             store: self.store,
+            console: self.console,
         })
     }
 }
@@ -147,6 +151,7 @@ impl ConfigParser<'_> {
             "notify" => self.notify(value, &mut d.notify),
             "http" => self.http(key, value, &mut d.http),
             "store" => self.store(key, value, &mut d.store),
+            "console" => self.console(key, value, &mut d.console),
             _ => {
                 self.unknown(key, "", &TOP);
                 false

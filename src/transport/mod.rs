@@ -5,6 +5,9 @@
 //!   who the peer is (`SO_PEERCRED`).
 //! * [`http`]: the container-credentials endpoint on loopback (agents in dev containers, with
 //!   a bearer token per agent).
+//! * [`console`]: the approval console on its own listener (remote approvers: OpenID Connect
+//!   sign-in, a passkey for every vote).
 
 pub mod http;
 pub mod socket;
+pub mod console;
