@@ -40,6 +40,10 @@ impl Notifier {
                 {
                     tracing::warn!(command = %argv[0], error = %e, "notification command failed");
                 }
+                let body = match cfg.format {
+                    crate::config::NotifyFormat::Json => body,
+                    crate::config::NotifyFormat::Slack => slack_message(&event).to_string(),
+                };
                 if let Some(url) = &cfg.webhook
                     && let Err(e) = post(url, body, cfg.timeout).await
                 {
@@ -58,6 +62,47 @@ impl Notifier {
             tracing::warn!(error = %e, "notification dropped (queue full or worker gone)");
         }
     }
+}
+
+/// A Slack-compatible incoming-webhook message for an event: what happened, in words, and
+/// the console link. No button approves anything: approving happens in the console, with a
+/// passkey. Text from the agent (the reason) is quoted and stripped of Slack's link and
+/// mention syntax.
+pub fn slack_message(event: &serde_json::Value) -> serde_json::Value {
+    let s = |k: &str| event[k].as_str().unwrap_or("").to_owned();
+    let tame = |t: String| -> String {
+        t.chars()
+            .map(|c| match c {
+                '<' | '>' | '&' | '@' | '*' | '_' | '~' | '`' => ' ',
+                c if c.is_control() => ' ',
+                c => c,
+            })
+            .collect()
+    };
+    let link = |label: &str| match event["console_url"].as_str() {
+        Some(u) => format!("<{u}|{label}>"),
+        None => "(no console configured: use the mandate CLI)".into(),
+    };
+    let text = match event["event"].as_str() {
+        Some("approval_pending") => format!(
+            "Agent {} asks for profile {} ({} s). It needs {}. Reason given by the agent: \"{}\". Decide before {}. {}",
+            tame(s("agent")),
+            tame(s("profile")),
+            event["duration_seconds"],
+            tame(s("needs")),
+            tame(s("reason")),
+            s("expires"),
+            link("Review request in the console")
+        ),
+        Some("breaker_tripped") => format!(
+            "The circuit breaker of agent {} tripped: {}. {}",
+            tame(s("agent")),
+            tame(s("reason")),
+            link("Open the console")
+        ),
+        _ => format!("mandate: {}", tame(s("event"))),
+    };
+    serde_json::json!({ "text": text })
 }
 
 async fn run_command(argv: &[String], body: &str, timeout: Duration) -> Result<(), String> {

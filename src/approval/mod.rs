@@ -148,6 +148,20 @@ pub struct Vote {
     /// approver ([`proof`]). Only signed votes release a credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<proof::Proof>,
+    /// Cast at the console (not on the broker's socket): who the OpenID provider said the
+    /// approver is, and the passkey that confirmed the vote. Covered by the proof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
+}
+
+/// Where a console vote came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Via {
+    pub oidc_subject: String,
+    /// The WebAuthn credential id (base64url) that confirmed the vote; None for an
+    /// operator-level vote the config lets the sign-in alone cast.
+    pub passkey: Option<String>,
 }
 
 /// The stored state of a request. Expiry is not stored: it follows from the times.
@@ -200,6 +214,9 @@ pub struct ApprovalRequest {
     pub requirement: Requirement,
     /// The uid that asked (socket callers), for the approver's information.
     pub uid: Option<u32>,
+    /// The host whose daemon opened it, for the approver's information (not bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub created_at: i64,
     pub pending_until: i64,
     pub votes: Vec<Vote>,
@@ -304,6 +321,7 @@ impl ApprovalRequest {
             binding,
             requirement,
             uid,
+            host: None,
             created_at: now,
             pending_until: now + pending_ttl,
             votes: Vec::new(),
@@ -439,6 +457,7 @@ impl ApprovalRequest {
             note,
             at: now,
             proof: None,
+            via: None,
         });
         if !approve {
             next.stage = Stage::Rejected {

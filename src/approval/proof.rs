@@ -81,6 +81,15 @@ fn message(id: &str, digest: &str, requirement: &Requirement, v: &Vote) -> Vec<u
     }
     let uids: Vec<u8> = v.uids.iter().flat_map(|u| u.to_be_bytes()).collect();
     field(&uids);
+    // A console vote's provenance (absent from socket votes, whose messages stay as they were).
+    if let Some(via) = &v.via {
+        field(b"via");
+        field(via.oidc_subject.as_bytes());
+        match &via.passkey {
+            None => field(b"\x00"),
+            Some(p) => field(format!("\x01{p}").as_bytes()),
+        }
+    }
     out
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 pub mod checkpoint;
 mod handle;
+mod recent;
 mod record;
 mod recover;
 mod segment;
@@ -21,6 +22,7 @@ pub mod verify;
 mod writer;
 
 pub use handle::AuditLog;
+pub use recent::recent;
 pub use record::{Kind, Record, SCHEMA, encode};
 pub use recover::Recovery;
 pub use segment::{check_dir, segment_name, segments};

@@ -24,10 +24,12 @@ pub enum Kind {
     Checkpoint,
     Paused,
     Resumed,
+    /// At the approval console: a sign-in, a passkey registered, a sign-out.
+    Console,
 }
 
 impl Kind {
-    pub const ALL: [&'static str; 15] = [
+    pub const ALL: [&'static str; 16] = [
         "request",
         "denied",
         "pending",
@@ -43,6 +45,7 @@ impl Kind {
         "checkpoint",
         "paused",
         "resumed",
+        "console",
     ];
 }
 
@@ -110,6 +113,12 @@ pub struct Record {
     pub covers_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub covers_hash: Option<String>,
+    /// A console action: the approver's subject at the OpenID provider, and the passkey
+    /// (WebAuthn credential id) that confirmed it, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc_subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passkey: Option<String>,
 }
 
 impl Record {

@@ -49,6 +49,11 @@ impl<I: Issuer> Broker<I> {
                         None,
                     )
                 }),
+            Caller::Console(u) => Err(deny(
+                DenyCode::UnknownCaller,
+                format!("approver {} at the console is not an agent", u.approver),
+                None,
+            )),
         }
     }
 
@@ -235,7 +240,15 @@ impl<I: Issuer> Broker<I> {
                 return Err(self.refuse_question(&caller, "request_status", d).await);
             }
         };
-        Ok(status_view(&r, self.now()))
+        let mut v = status_view(&r, self.now());
+        v["console_url"] = self
+            .state()
+            .config
+            .console
+            .as_ref()
+            .map(|c| c.request_link(r.id.as_str()))
+            .into();
+        Ok(v)
     }
 
     /// A request a client refused before sending it (the MCP server's argument checks): audited

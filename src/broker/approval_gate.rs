@@ -187,7 +187,12 @@ impl<I: Issuer> Broker<I> {
         status: Status,
     ) -> Option<BrokerError> {
         let message = match status {
-            Status::Pending => return Some(BrokerError::Pending(pending_of(r))),
+            Status::Pending => {
+                return Some(BrokerError::Pending(pending_of(
+                    r,
+                    self.state().config.console.as_ref(),
+                )));
+            }
             // The same request again after a rejection: the rejection stands (with its
             // note) while the rejected request would still have been pending; it never
             // silently opens a new one.
@@ -259,7 +264,7 @@ impl<I: Issuer> Broker<I> {
     ) -> Result<Issued, BrokerError> {
         let cfg = self.state().config.approvals;
         let agent = c.grant().agent().to_owned();
-        let r = ApprovalRequest::new(
+        let mut r = ApprovalRequest::new(
             ApprovalId::random(),
             c.binding().clone(),
             c.requirement().clone(),
@@ -267,13 +272,19 @@ impl<I: Issuer> Broker<I> {
             now,
             cfg.pending_ttl.as_secs() as i64,
         );
+        r.host = Some(super::shared::hostname());
         // Count, deduplicate and insert as one step in the store, so that concurrent requests
         // can neither exceed max_pending nor open two requests for the same binding.
         let stored = r.clone();
         let max = cfg.max_pending;
         match self.db(move |s| s.open_pending(&stored, max, now)).await? {
             Opened::Inserted => {}
-            Opened::Existing(existing) => return Err(BrokerError::Pending(pending_of(&existing))),
+            Opened::Existing(existing) => {
+                return Err(BrokerError::Pending(pending_of(
+                    &existing,
+                    self.state().config.console.as_ref(),
+                )));
+            }
             Opened::Full(open) => {
                 let d = Denial {
                     code: DenyCode::TooManyPending,
@@ -291,7 +302,7 @@ impl<I: Issuer> Broker<I> {
         self.audit
             .append_durable(pending_record(&caller, &agent, &r))
             .await?;
-        let pending = pending_of(&r);
+        let pending = pending_of(&r, self.state().config.console.as_ref());
         self.notify_pending(&agent, &r);
         tracing::info!(id = %r.id, agent = %pending.agent, profile = %pending.profile, "approval request pending");
         Err(BrokerError::Pending(pending))
@@ -308,6 +319,7 @@ impl<I: Issuer> Broker<I> {
             "reason": r.binding.reason,
             "needs": r.requirement.to_string(),
             "expires": clock::rfc3339(r.pending_until),
+            "console_url": self.state().config.console.as_ref().map(|c| c.request_link(r.id.as_str())),
             "approve": format!("mandate approve {}", r.id),
             "reject": format!("mandate reject {}", r.id),
         }));
@@ -353,7 +365,7 @@ fn rejection_message(r: &ApprovalRequest) -> String {
     )
 }
 
-fn pending_of(r: &ApprovalRequest) -> Pending {
+fn pending_of(r: &ApprovalRequest, console: Option<&crate::config::ConsoleConfig>) -> Pending {
     let have = r.votes.iter().filter(|v| v.approve).count();
     Pending {
         id: r.id.clone(),
@@ -363,5 +375,6 @@ fn pending_of(r: &ApprovalRequest) -> Pending {
         pending_until: r.pending_until,
         have: have.min(r.needed()),
         need: r.needed(),
+        console_url: console.map(|c| c.request_link(r.id.as_str())),
     }
 }

@@ -166,6 +166,11 @@ fn who_is_asking<'a>(
                 None,
             )),
         },
+        Caller::Console(u) => Err(denial(
+            DenyCode::UnknownCaller,
+            format!("approver {} at the console is not an agent", u.approver),
+            None,
+        )),
     }
 }
 

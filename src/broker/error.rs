@@ -108,6 +108,8 @@ pub struct Pending {
     /// Approvals so far and needed.
     pub have: usize,
     pub need: usize,
+    /// The request's page at the approval console, when there is one.
+    pub console_url: Option<String>,
 }
 
 impl Pending {
@@ -128,7 +130,11 @@ impl Pending {
             self.need,
             clock::rfc3339(self.pending_until),
             self.id
-        )
+        ) + &self
+            .console_url
+            .as_ref()
+            .map(|u| format!(" or open {u}"))
+            .unwrap_or_default()
     }
 }
 

@@ -144,6 +144,7 @@ impl<I: Issuer> Broker<I> {
             "reason": trip.reason,
             "at": clock::rfc3339(now),
             "reset": format!("mandate breaker reset {agent}"),
+            "console_url": self.state().config.console.as_ref().map(|c| format!("{}controls", c.base())),
         }));
         Ok(())
     }

@@ -23,6 +23,7 @@ use crate::store::SessionInfo;
 mod agent_view;
 mod approval_gate;
 mod cache;
+mod console_events;
 mod control;
 mod decision;
 mod error;
@@ -38,11 +39,12 @@ mod status;
 mod volume;
 
 pub use cache::servable;
+pub use console_events::ConsoleEvent;
 pub use control::{Controls, RevokeReport, VoteReport};
 pub use decision::{Candidate, Decision, Grant, authorize};
 pub use error::{BrokerError, Denial, DenyCode, Pending};
 pub use parts::{Clock, Parts, random_id};
-pub use request::{Caller, CredRequest, Issued};
+pub use request::{Caller, ConsoleUser, CredRequest, Issued};
 pub use shared::Freshness;
 pub use state::State;
 

@@ -38,7 +38,16 @@ pub(super) fn admin_record(
     r.uid = caller.uid();
     r.pid = caller.pid();
     r.decision = Some(decision.into());
+    console_fields(&mut r, caller);
     r
+}
+
+/// Who acted at the console: the provider's subject and the confirming passkey.
+pub(super) fn console_fields(r: &mut Record, caller: &Caller) {
+    if let Some(u) = caller.console() {
+        r.oidc_subject = Some(u.subject.clone());
+        r.passkey = u.passkey.clone();
+    }
 }
 
 impl<I: Issuer> Broker<I> {
@@ -98,6 +107,7 @@ impl<I: Issuer> Broker<I> {
         if let Caller::Token { agent } = caller {
             r.agent = Some(agent.clone());
         }
+        console_fields(&mut r, caller);
         r.decision = Some("deny".into());
         r.code = Some(d.code.as_str().into());
         r.message = Some(format!("{what}: {}", d.message));

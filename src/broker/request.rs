@@ -12,19 +12,39 @@ pub enum Caller {
     Peer { uid: u32, pid: Option<i32> },
     /// An HTTP client that presented this agent's token (checked by the transport).
     Token { agent: String },
+    /// An approver signed in at the console: the OpenID provider vouched for `subject`, which
+    /// the config maps to approver `approver`; `passkey` is the WebAuthn credential that
+    /// confirmed this very action (None: the sign-in alone).
+    Console(ConsoleUser),
+}
+
+/// An approver at the console, as the console transport authenticated them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleUser {
+    pub approver: String,
+    pub subject: String,
+    /// The verified email the provider gave, if any (an approver may be mapped by it).
+    pub email: Option<String>,
+    pub passkey: Option<String>,
 }
 
 impl Caller {
     pub fn uid(&self) -> Option<u32> {
         match self {
             Caller::Peer { uid, .. } => Some(*uid),
-            Caller::Token { .. } => None,
+            Caller::Token { .. } | Caller::Console(_) => None,
         }
     }
     pub fn pid(&self) -> Option<i32> {
         match self {
             Caller::Peer { pid, .. } => *pid,
-            Caller::Token { .. } => None,
+            Caller::Token { .. } | Caller::Console(_) => None,
+        }
+    }
+    pub fn console(&self) -> Option<&ConsoleUser> {
+        match self {
+            Caller::Console(u) => Some(u),
+            _ => None,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! `revoke --session`, and in the store so that it (and the live-session cap) survives a
 //! restart.
 
-use super::Broker;
+use super::{Broker, BrokerError, Caller};
 use crate::aws::Issuer;
 use crate::clock;
 use crate::store::{SessionInfo, Store, StoreError};
@@ -36,6 +36,21 @@ impl<I: Issuer> Broker<I> {
             .filter(|x| agent.is_none_or(|a| x.agent == a))
             .cloned()
             .collect()
+    }
+
+    /// Every live session an approver may revoke: this daemon's and (team mode, or issued
+    /// before a restart) the store's, once each.
+    pub async fn live_sessions(&self, caller: &Caller) -> Result<Vec<SessionInfo>, BrokerError> {
+        self.approver(caller, None, "list sessions").await?;
+        let mut all = self.sessions(None);
+        let now = self.now();
+        let stored = self.db(move |s| s.sessions(now)).await?;
+        for s in stored {
+            if !all.iter().any(|x| x.request_id == s.request_id) {
+                all.push(s);
+            }
+        }
+        Ok(all)
     }
 
     /// Adds a session just issued to the index, in memory and in the store. A store failure

@@ -74,7 +74,7 @@ pub(super) fn daemon_id(key: &ed25519_dalek::SigningKey) -> String {
     crate::approval::proof::fingerprint(&key.verifying_key())
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().chars().take(253).collect())
         .unwrap_or_else(|_| "unknown".into())

@@ -120,11 +120,12 @@ async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit
             .map_err(unavailable)?;
         let store = open_store(&c, daemon_id).await?;
         record_start(&audit, loaded.profiles.len()).await?;
+        let console = open_console(&c).await?;
         let listeners = bind(&c).await?;
         let broker = build_broker(&c, loaded, issuer, store, audit.clone(), key)?;
-        Ok::<_, Exit>((audit, listeners, broker))
+        Ok::<_, Exit>((audit, listeners, broker, console))
     };
-    let (audit, (listener, http_listener), broker) = match started.await {
+    let (audit, (listener, http_listener), broker, console) = match started.await {
         Ok(s) => s,
         Err(exit) => return exit,
     };
@@ -134,7 +135,24 @@ async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit
         .unwrap_or_else(|| "off".into());
     tracing::info!(socket = %c.socket.display(), http = %http, config = %path.display(), "mandate is serving");
     let base_is_temporary = broker.state().base_is_temporary;
-    run_until_stopped(
+    let (stop_console, console_task) = match console {
+        Some((console, l, tls)) => {
+            tracing::info!(listen = %c.console.as_ref().map(|x| x.listen.to_string()).unwrap_or_default(), url = %console.config.public_url, "approval console is serving");
+            let (tx, mut rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(mandate::transport::console::serve(
+                broker.clone(),
+                console,
+                l,
+                tls,
+                async move {
+                    let _ = rx.changed().await;
+                },
+            ));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+    let exit = run_until_stopped(
         &c,
         broker,
         audit,
@@ -142,7 +160,14 @@ async fn serve(path: PathBuf, loaded: config::Loaded, seen: Fingerprint) -> Exit
         (listener, http_listener),
         (path, base_is_temporary, seen),
     )
-    .await
+    .await;
+    if let Some(tx) = stop_console {
+        let _ = tx.send(true);
+    }
+    if let Some(t) = console_task {
+        let _ = t.await;
+    }
+    exit
 }
 
 /// Prints a start-up failure; the daemon refuses to start.
@@ -241,6 +266,36 @@ async fn record_start(audit: &AuditLog, profiles: usize) -> Result<(), Exit> {
         .await
         .map(drop)
         .map_err(unavailable)
+}
+
+/// The approval console, when configured: its state, listener and TLS. A console that cannot
+/// be set up stops the daemon from starting (nothing half-configured serves).
+async fn open_console(
+    c: &config::Config,
+) -> Result<
+    Option<(
+        Arc<mandate::transport::console::Console>,
+        tokio::net::TcpListener,
+        Option<tokio_rustls::TlsAcceptor>,
+    )>,
+    Exit,
+> {
+    use mandate::transport::console;
+    let Some(cc) = &c.console else {
+        return Ok(None);
+    };
+    let state = console::Console::open(cc, &c.state_dir).map_err(unavailable)?;
+    let tls = match &cc.tls {
+        Some((cert, key)) => Some(console::tls_acceptor(cert, key).map_err(unavailable)?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(cc.listen)
+        .await
+        .map_err(|e| {
+            eprintln!("error: the console cannot listen on {}: {e}", cc.listen);
+            Exit::Unavailable
+        })?;
+    Ok(Some((Arc::new(state), listener, tls)))
 }
 
 /// The HTTP listener (if any) first, then the socket.

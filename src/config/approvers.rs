@@ -37,24 +37,40 @@ impl ConfigParser<'_> {
             let kp = format!("{path}.{}", k.get_ref());
             match k.get_ref().as_ref() {
                 "uids" => uids = self.uids(val, &kp),
-                "oidc_subject" => match self.w.string(val, &kp, "the approver's subject (`sub`) at the console's OpenID provider") {
-                    Some(s) if !s.is_empty() && s.len() <= 255 && !s.chars().any(char::is_control) => {
+                "oidc_subject" => match self.w.string(
+                    val,
+                    &kp,
+                    "the approver's subject (`sub`) at the console's OpenID provider",
+                ) {
+                    Some(s)
+                        if !s.is_empty() && s.len() <= 255 && !s.chars().any(char::is_control) =>
+                    {
                         oidc_subject = Some(s.to_owned())
                     }
                     Some(_) => {
-                        self.w.err(val.span(), &kp, "must be 1 to 255 printable characters");
+                        self.w
+                            .err(val.span(), &kp, "must be 1 to 255 printable characters");
                         ok = false;
                     }
                     None => ok = false,
                 },
-                "email" => match self.w.string(val, &kp, "an email address the provider has verified") {
-                    Some(s) if valid_email(s) => email = Some(s.to_ascii_lowercase()),
-                    Some(_) => {
-                        self.w.err(val.span(), &kp, "expected an email address like \"alice@example.com\"");
-                        ok = false;
+                "email" => {
+                    match self
+                        .w
+                        .string(val, &kp, "an email address the provider has verified")
+                    {
+                        Some(s) if valid_email(s) => email = Some(s.to_ascii_lowercase()),
+                        Some(_) => {
+                            self.w.err(
+                                val.span(),
+                                &kp,
+                                "expected an email address like \"alice@example.com\"",
+                            );
+                            ok = false;
+                        }
+                        None => ok = false,
                     }
-                    None => ok = false,
-                },
+                }
                 _ => {
                     self.unknown(k, &path, &["uids", "oidc_subject", "email"]);
                     ok = false;

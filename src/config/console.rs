@@ -114,7 +114,10 @@ fn web_url(s: &str, what: &str) -> Result<url::Url, String> {
 pub fn parse_public_url(s: &str) -> Result<url::Url, String> {
     let u = web_url(s, "public_url")?;
     if u.path() != "/" {
-        return Err("public_url must be an origin like \"https://approve.example.com\", without a path".into());
+        return Err(
+            "public_url must be an origin like \"https://approve.example.com\", without a path"
+                .into(),
+        );
     }
     if matches!(u.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))) {
         return Err("public_url must name a host, not an IP address: passkeys are bound to a domain (use http://localhost:PORT for a local console)".into());
@@ -144,22 +147,30 @@ impl ConfigParser<'_> {
         let mut d = Draft::default();
         let mut ok = self.section(value, "console", &CONSOLE_KEYS, |p, name, v, path| {
             Some(match name {
-                "listen" => p
-                    .w
-                    .string(v, path, "an address like \"127.0.0.1:8443\"")
-                    .and_then(|s| match s.parse::<SocketAddr>() {
-                        Ok(a) => Some(a),
-                        Err(_) => {
-                            p.w.err(v.span(), path, "expected an address like \"127.0.0.1:8443\"");
-                            None
-                        }
-                    })
-                    .map(|a| d.listen = Some(a)),
-                "public_url" => p
-                    .w
-                    .string(v, path, "a URL like \"https://approve.example.com\"")
-                    .and_then(|s| parse_public_url(s).map_err(|m| p.w.err(v.span(), path, m)).ok())
-                    .map(|u| d.public_url = Some(u)),
+                "listen" => {
+                    p.w.string(v, path, "an address like \"127.0.0.1:8443\"")
+                        .and_then(|s| match s.parse::<SocketAddr>() {
+                            Ok(a) => Some(a),
+                            Err(_) => {
+                                p.w.err(
+                                    v.span(),
+                                    path,
+                                    "expected an address like \"127.0.0.1:8443\"",
+                                );
+                                None
+                            }
+                        })
+                        .map(|a| d.listen = Some(a))
+                }
+                "public_url" => {
+                    p.w.string(v, path, "a URL like \"https://approve.example.com\"")
+                        .and_then(|s| {
+                            parse_public_url(s)
+                                .map_err(|m| p.w.err(v.span(), path, m))
+                                .ok()
+                        })
+                        .map(|u| d.public_url = Some(u))
+                }
                 "tls_cert" => p.path(v, path).map(|f| d.tls_cert = Some(f)),
                 "tls_key" => p.path(v, path).map(|f| d.tls_key = Some(f)),
                 "session_lifetime" => p
@@ -217,8 +228,7 @@ impl ConfigParser<'_> {
         if !ok {
             return false;
         }
-        let (Some(listen), Some(public_url), Some(oidc)) = (d.listen, d.public_url, d.oidc)
-        else {
+        let (Some(listen), Some(public_url), Some(oidc)) = (d.listen, d.public_url, d.oidc) else {
             return false;
         };
         *out = Some(ConsoleConfig {
@@ -240,23 +250,27 @@ impl ConfigParser<'_> {
         let mut ca_file = None;
         let ok = self.section(value, path, &OIDC_KEYS, |p, name, v, kp| {
             Some(match name {
-                "issuer" => p
-                    .w
-                    .string(v, kp, "a URL like \"https://login.example.com\"")
-                    .and_then(|s| web_url(s, "issuer").map_err(|m| p.w.err(v.span(), kp, m)).ok())
-                    .map(|u| issuer = Some(u)),
-                "client_id" => p
-                    .w
-                    .string(v, kp, "the client id registered at the provider")
-                    .and_then(|s| {
-                        if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) {
-                            p.w.err(v.span(), kp, "must be 1 to 256 printable characters");
-                            None
-                        } else {
-                            Some(s.to_owned())
-                        }
-                    })
-                    .map(|s| client_id = Some(s)),
+                "issuer" => {
+                    p.w.string(v, kp, "a URL like \"https://login.example.com\"")
+                        .and_then(|s| {
+                            web_url(s, "issuer")
+                                .map_err(|m| p.w.err(v.span(), kp, m))
+                                .ok()
+                        })
+                        .map(|u| issuer = Some(u))
+                }
+                "client_id" => {
+                    p.w.string(v, kp, "the client id registered at the provider")
+                        .and_then(|s| {
+                            if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) {
+                                p.w.err(v.span(), kp, "must be 1 to 256 printable characters");
+                                None
+                            } else {
+                                Some(s.to_owned())
+                            }
+                        })
+                        .map(|s| client_id = Some(s))
+                }
                 "client_secret_file" => p.path(v, kp).map(|f| client_secret_file = Some(f)),
                 "ca_file" => p.path(v, kp).map(|f| ca_file = Some(f)),
                 _ => return None,

@@ -13,13 +13,13 @@ mod approvers;
 mod audit;
 mod broker;
 mod check;
+mod console;
 mod http;
 mod limits;
 mod notify;
 mod parser;
 mod roles;
 mod store;
-mod console;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,10 +30,10 @@ use crate::policy::CompiledProfile;
 use crate::profile::{ProfileName, RoleName, SessionDuration};
 
 pub use agents::{MAX_AGENT_NAME, check_agent_name};
+pub use console::{ConsoleConfig, OidcConfig, parse_public_url};
 pub use http::check_listen;
 pub use notify::check_url;
 pub use parser::parse;
-pub use console::{ConsoleConfig, OidcConfig, parse_public_url};
 pub use store::{PasswordSource, SslMode, StoreConfig, StoreUrl, parse_store_url};
 
 use check::cross_check;
@@ -195,7 +195,20 @@ pub struct Notify {
     pub command: Option<Vec<String>>,
     /// A URL the event is POSTed to as JSON.
     pub webhook: Option<String>,
+    /// What the webhook is sent: the event itself, or a Slack-compatible message.
+    pub format: NotifyFormat,
     pub timeout: Duration,
+}
+
+/// `[notify] format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NotifyFormat {
+    /// The event JSON, as the command gets it.
+    #[default]
+    Json,
+    /// `{"text": ...}` for Slack-compatible incoming webhooks: what happened and the console
+    /// link (never an approve button: approving happens in the console).
+    Slack,
 }
 
 /// The validated broker config.

@@ -6,7 +6,7 @@ use toml::de::DeValue;
 use super::Notify;
 use super::parser::ConfigParser;
 
-const NOTIFY_KEYS: [&str; 3] = ["command", "webhook", "timeout"];
+const NOTIFY_KEYS: [&str; 4] = ["command", "webhook", "timeout", "format"];
 
 impl ConfigParser<'_> {
     /// `[notify]`. False if anything was wrong.
@@ -29,6 +29,21 @@ impl ConfigParser<'_> {
                         .map(|u| notify.webhook = Some(u))
                 }
                 "timeout" => p.duration(v, path, 1, 60).map(|d| notify.timeout = d),
+                "format" => match p.w.string(v, path, "\"json\" or \"slack\"") {
+                    Some(f @ ("json" | "slack")) => {
+                        notify.format = if f == "json" {
+                            super::NotifyFormat::Json
+                        } else {
+                            super::NotifyFormat::Slack
+                        };
+                        Some(())
+                    }
+                    Some(_) => {
+                        p.w.err(v.span(), path, "expected \"json\" or \"slack\"");
+                        None
+                    }
+                    None => None,
+                },
                 _ => return None,
             })
         })

@@ -92,7 +92,7 @@ pub fn pending(message: &str, approval: &serde_json::Value, waited: Option<u32>)
         "need": approval["need"],
         "expires": approval["expires"],
         "message": message,
-        "console_url": serde_json::Value::Null,
+        "console_url": approval["console_url"],
         "next": format!(
             "a human approves with `mandate approve {id}`; call request_status with {{\"id\": \"{id}\", \"wait_seconds\": 120}} to wait for the decision"
         ),

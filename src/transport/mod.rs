@@ -8,6 +8,6 @@
 //! * [`console`]: the approval console on its own listener (remote approvers: OpenID Connect
 //!   sign-in, a passkey for every vote).
 
+pub mod console;
 pub mod http;
 pub mod socket;
-pub mod console;

@@ -384,6 +384,7 @@ fn credentials_body(
                 "have": p.have,
                 "need": p.need,
                 "expires": clock::rfc3339(p.pending_until),
+                "console_url": p.console_url,
             });
             body
         }

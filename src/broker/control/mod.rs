@@ -128,6 +128,30 @@ impl<I: Issuer> Broker<I> {
                 )));
             }
             Caller::Peer { uid, .. } => *uid,
+            // The console mapped the sign-in to an approver; the config (perhaps reloaded
+            // since) must still say so.
+            Caller::Console(u) => {
+                let mapped = state.config.console.is_some()
+                    && state.config.approvers.get(&u.approver).is_some_and(|a| {
+                        a.oidc_subject.as_deref() == Some(u.subject.as_str())
+                            || (a.email.is_some() && a.email == u.email)
+                    });
+                return if !mapped {
+                    Err(refuse(format!(
+                        "the console sign-in {} is no longer mapped to approver {}",
+                        crate::diag::quoted(&u.subject),
+                        u.approver
+                    )))
+                } else if requested.is_some_and(|r| r != u.approver) {
+                    Err(refuse(format!(
+                        "signed in as approver {}, not {}",
+                        u.approver,
+                        crate::diag::quoted(requested.unwrap_or(""))
+                    )))
+                } else {
+                    Ok(u.approver.clone())
+                };
+            }
         };
         let mine = state.config.approvers_for_uid(uid);
         let chosen: Vec<_> = mine
@@ -164,7 +188,7 @@ impl<I: Issuer> Broker<I> {
     }
 
     /// The approver behind a human command, or the audited refusal of `what`.
-    async fn approver(
+    pub(super) async fn approver(
         &self,
         caller: &Caller,
         requested: Option<&str>,

@@ -48,6 +48,42 @@ impl<I: Issuer> Broker<I> {
             .approver(&caller, as_approver.as_deref(), &what)
             .await?;
         let state = self.state();
+        if let Some(u) = caller.console()
+            && u.passkey.is_none()
+        {
+            let operator_of = |r: &crate::approval::ApprovalRequest| {
+                state
+                    .config
+                    .agents
+                    .get(&r.binding.agent)
+                    .and_then(|a| a.operator.as_deref())
+                    == Some(approver.as_str())
+            };
+            let allowed = state
+                .config
+                .console
+                .as_ref()
+                .is_some_and(|c| c.oidc_only_operator_votes);
+            let lookup = id.clone();
+            let is_operator = self
+                .db(move |s| s.get(&lookup))
+                .await?
+                .is_some_and(|r| operator_of(&r));
+            if !(allowed && is_operator) {
+                let d = Denial {
+                    code: DenyCode::VoteRefused,
+                    message: if is_operator {
+                        format!("a vote on request {id} at the console needs your passkey")
+                    } else {
+                        format!(
+                            "a peer vote on request {id} needs your passkey: the sign-in alone never counts as a peer"
+                        )
+                    },
+                    agent: None,
+                };
+                return Err(self.refuse_admin(&caller, &what, d).await);
+            }
+        }
         let voter_uids = state
             .config
             .approvers
@@ -89,6 +125,10 @@ impl<I: Issuer> Broker<I> {
             if next.votes.len() > r.votes.len() {
                 let i = next.votes.len() - 1;
                 let mut v = next.votes[i].clone();
+                v.via = caller.console().map(|u| crate::approval::Via {
+                    oidc_subject: u.subject.clone(),
+                    passkey: u.passkey.clone(),
+                });
                 crate::approval::proof::sign(&next, &mut v, &self.parts.vote_key);
                 next.votes[i] = v;
             }
@@ -142,6 +182,7 @@ impl<I: Issuer> Broker<I> {
                     Err(_) => return Err(BrokerError::Denied(d)),
                 },
                 Caller::Token { agent } => Some(agent.clone()),
+                Caller::Console(_) => return Err(BrokerError::Denied(d)),
             },
         };
         let since = if all { 0 } else { now - 7 * 86_400 };
@@ -249,6 +290,7 @@ fn vote_record(
     rec.approver = Some(approver.to_owned());
     rec.uid = caller.uid();
     rec.pid = caller.pid();
+    crate::broker::records::console_fields(&mut rec, caller);
     rec.note = note;
     rec.decision = Some(decision.to_owned());
     rec
@@ -319,6 +361,8 @@ pub fn approval_view(r: &ApprovalRequest, now: i64) -> serde_json::Value {
         "expires": clock::rfc3339(r.pending_until),
         "use_by": match r.stage { crate::approval::Stage::Approved { use_by, .. } => Some(clock::rfc3339(use_by)), _ => None },
         "digest": r.digest,
+        "policy_sha256": r.binding.policy_sha256,
         "uid": r.uid,
+        "host": r.host,
     })
 }
