@@ -123,12 +123,16 @@ async function run(page, out) {
       await page.click(`a[href="/requests/${id}"]`);
       await page.waitForSelector('#approve');
       out.unlabelled_request = await unlabelled(page);
-      out.page_text = (await page.textContent('main')).replace(/\s+/g, ' ');
+      out.page_text = (await page.innerText('main')).replace(/\s+/g, ' ');
       if (process.env.SHOTS) {
+        await page.goto(`${base}/requests/${process.env.SHOT_REQUEST || id}`);
+        await page.waitForSelector('#approve');
         await page.screenshot({ path: `${process.env.SHOTS}/console-request-desktop.png`, fullPage: true });
         await page.setViewportSize({ width: 390, height: 844 });
         await page.screenshot({ path: `${process.env.SHOTS}/console-request-phone.png`, fullPage: true });
         await page.setViewportSize({ width: 1000, height: 800 });
+        await page.goto(`${base}/requests/${id}`);
+        await page.waitForSelector('#approve');
       }
       // The keyboard alone: Tab to the note, type it, Tab to Approve, Enter.
       await page.focus('body');

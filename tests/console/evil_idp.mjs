@@ -34,8 +34,8 @@ import http from "node:http";
 import crypto from "node:crypto";
 import { generateKeyPair, exportJWK, exportSPKI, SignJWT } from "jose";
 
-const MODE = process.env.MODE || "ok";
-const SUB = process.env.SUB || "peer-1";
+let MODE = process.env.MODE || "ok";
+let SUB = process.env.SUB || "peer-1";
 const CLIENT_ID = process.env.CLIENT_ID || "mandate-console";
 const REDIRECT_URI = process.env.REDIRECT_URI || "http://localhost:8443/auth/callback";
 const CLIENT_SECRET = process.env.CLIENT_SECRET || "";
@@ -240,6 +240,14 @@ const server = http.createServer(async (req, res) => {
       return await token(req, res);
     }
     if (req.method === "GET" && url.pathname === "/stats") return send(res, 200, stats);
+    // Test control: switch the flaw without a restart (the keys stay the same).
+    if (req.method === "GET" && url.pathname === "/mode") {
+      const m = url.searchParams.get("set");
+      if (!KNOWN_MODES.has(m)) return send(res, 400, { error: "unknown mode" });
+      MODE = m;
+      if (url.searchParams.get("sub")) SUB = url.searchParams.get("sub");
+      return send(res, 200, { mode: MODE, sub: SUB });
+    }
     send(res, 404, "not found\n");
   } catch (e) {
     process.stderr.write(`evil_idp: ${e && e.stack}\n`);
@@ -247,7 +255,7 @@ const server = http.createServer(async (req, res) => {
   }
 });
 
-server.listen(0, "127.0.0.1", () => {
+server.listen(Number(process.env.IDP_PORT || 0), "127.0.0.1", () => {
   port = server.address().port;
   issuer = `http://localhost:${port}`;
   process.stdout.write(JSON.stringify({ issuer, port }) + "\n");

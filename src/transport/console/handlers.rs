@@ -230,11 +230,12 @@ async fn signed_in_post<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Result<Sess
     }
 }
 
-fn session_cookie(value: &str, lifetime: std::time::Duration) -> String {
+/// The session cookie: no Max-Age, so that the browser keeps it for the browser session and
+/// the server, which expires sessions itself, can say that a sign-in expired.
+fn session_cookie(value: &str) -> String {
     format!(
-        "{}={value}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
-        session::SESSION_COOKIE,
-        lifetime.as_secs()
+        "{}={value}; Path=/; HttpOnly; Secure; SameSite=Strict",
+        session::SESSION_COOKIE
     )
 }
 
@@ -438,7 +439,7 @@ async fn callback<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Reply {
         );
     }
     Reply::html(StatusCode::OK, pages::signed_in(&approver))
-        .with(hyper::header::SET_COOKIE, session_cookie(&cookie, lifetime))
+        .with(hyper::header::SET_COOKIE, session_cookie(&cookie))
         .with(
             hyper::header::SET_COOKIE,
             clear_cookie(session::LOGIN_COOKIE, "/auth"),

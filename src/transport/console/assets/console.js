@@ -9,11 +9,12 @@
     return m ? m.content : '';
   }
 
-  function say(message, bad) {
+  // kind: 'waiting', 'done' or 'problem' (the status region's class).
+  function say(message, kind) {
     var s = document.getElementById('status');
     if (!s) return;
     s.textContent = message;
-    s.className = bad ? 'problem' : 'done';
+    s.className = kind;
   }
 
   function fromB64u(s) {
@@ -94,11 +95,11 @@
 
   async function run(button, work) {
     button.disabled = true;
-    say('Waiting for your passkey…', false);
+    say('Waiting for your passkey…', 'waiting');
     try {
-      say(await work(), false);
+      say(await work(), 'done');
     } catch (e) {
-      say('Not done: ' + e.message, true);
+      say('Not done: ' + e.message, 'problem');
       button.disabled = false;
     }
   }
