@@ -12,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::console;
 use common::*;
 use serde_json::json;
 
@@ -59,9 +60,26 @@ fn no_secret_appears_anywhere_but_the_intended_response_bodies() {
     let token = mandate::transport::http::new_token();
     std::fs::write(&token_file, &token).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The console, signing in at a provider that needs a client secret (a canary too).
+    let console_port = free_port();
+    let idp_port = free_port();
+    let client_secret = format!("CLIENTSECRET{}", mandate::transport::http::new_token());
+    let secret_file = tmp.path().join("oidc.secret");
+    std::fs::write(&secret_file, &client_secret).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut idp = console::node("evil_idp.mjs");
+    idp.env(
+        "REDIRECT_URI",
+        format!("http://localhost:{console_port}/auth/callback"),
+    )
+    .env("IDP_PORT", idp_port.to_string())
+    .env("SUB", "human")
+    .env("CLIENT_SECRET", &client_secret);
+    let _idp = console::start_node(idp).0;
     let extra = format!(
-        "\n[agents.box]\nprofiles = [\"readonly\", \"s3-data\"]\ndefault_profile = \"readonly\"\ntoken_file = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
-        token_file.display()
+        "oidc_subject = \"human\"\n[agents.box]\nprofiles = [\"readonly\", \"s3-data\"]\ndefault_profile = \"readonly\"\ntoken_file = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[console]\nlisten = \"127.0.0.1:{console_port}\"\npublic_url = \"http://localhost:{console_port}\"\n[console.oidc]\nissuer = \"http://localhost:{idp_port}\"\nclient_id = \"mandate-console\"\nclient_secret_file = \"{}\"\n",
+        token_file.display(),
+        secret_file.display()
     );
     // The most verbose log level there is.
     let mut d = Daemon::start_with_env(
@@ -221,6 +239,48 @@ fn no_secret_appears_anywhere_but_the_intended_response_bodies() {
     assert_eq!(mcp["steps"][3]["structured"]["status"], "pending", "{mcp}");
     elsewhere.push(("mcp tool results".into(), mcp.to_string()));
     elsewhere.push(("mcp stderr".into(), mcp_stderr));
+    // The console: every page an approver sees, signed in, with live sessions and a pending
+    // request; and refusals.
+    let (status, h, body) = console::sign_in_over_http(console_port, idp_port);
+    assert_eq!(status, 200, "{body}");
+    let cookie = format!(
+        "mandate_session={}",
+        console::cookie_value(&h, "mandate_session").unwrap()
+    );
+    let pending_id = d
+        .mandate(&["approvals", "list", "--json"])
+        .stdout
+        .split(|b| *b == b'"')
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .find(|w| w.len() == 16 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .expect("a pending request");
+    for path in [
+        "/".to_owned(),
+        "/passkey".to_owned(),
+        "/sessions".to_owned(),
+        "/controls".to_owned(),
+        format!("/requests/{pending_id}"),
+        "/nope".to_owned(),
+    ] {
+        let (status, h, body) =
+            console::http(console_port, "GET", &path, &[("Cookie", &cookie)], "");
+        assert!(
+            status == 200 || status == 303 || status == 404,
+            "{path}: {status}"
+        );
+        elsewhere.push((format!("console {path}"), format!("{h:?}\n{body}")));
+    }
+    let (status, h, body) = console::http(console_port, "GET", "/sessions", &[], "");
+    assert_eq!(status, 401);
+    elsewhere.push(("console without a session".into(), format!("{h:?}\n{body}")));
+    let (_, h, body) = console::http(
+        console_port,
+        "POST",
+        "/confirm/options",
+        &[("Cookie", &cookie), ("Content-Type", "application/json")],
+        r#"{"kind":"resume"}"#,
+    );
+    elsewhere.push(("console refusal".into(), format!("{h:?}\n{body}")));
     // The daemon's argv and environment, read while it runs.
     for f in ["cmdline", "environ"] {
         let bytes = std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
@@ -244,7 +304,7 @@ fn no_secret_appears_anywhere_but_the_intended_response_bodies() {
     files_under(tmp.path(), &mut files);
     for f in files
         .iter()
-        .filter(|f| **f != canaries && **f != token_file)
+        .filter(|f| **f != canaries && **f != token_file && **f != secret_file)
     {
         let bytes = std::fs::read(f).unwrap_or_default();
         elsewhere.push((
@@ -277,9 +337,12 @@ fn no_secret_appears_anywhere_but_the_intended_response_bodies() {
                 hits.push(format!("{c} in {what}"));
             }
         }
-        // The agent token is a secret too.
+        // The agent token and the console's client secret are secrets too.
         if text.contains(&token) {
             hits.push(format!("the agent token in {what}"));
+        }
+        if text.contains(&client_secret) {
+            hits.push(format!("the OpenID client secret in {what}"));
         }
     }
     assert!(hits.is_empty(), "secrets leaked:\n{}", hits.join("\n"));

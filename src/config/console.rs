@@ -299,3 +299,35 @@ impl ConfigParser<'_> {
         })
     }
 }
+
+impl ConfigParser<'_> {
+    /// Each console identity names one approver; with a console, someone can sign in.
+    pub(super) fn console_identities(
+        &mut self,
+        approvers: &std::collections::BTreeMap<String, super::Approver>,
+        console: bool,
+    ) -> bool {
+        let mut ok = true;
+        let mut seen: std::collections::BTreeMap<(&str, &str), &str> = Default::default();
+        for a in approvers.values() {
+            for (kind, id) in [("oidc_subject", &a.oidc_subject), ("email", &a.email)] {
+                let Some(id) = id else { continue };
+                if let Some(first) = seen.insert((kind, id.as_str()), a.name.as_str()) {
+                    self.w.whole_file(format!(
+                        "approvers.{}: {kind} {} is also approver {first}'s: one sign-in must name one approver",
+                        a.name,
+                        crate::diag::quoted(id)
+                    ));
+                    ok = false;
+                }
+            }
+        }
+        if console && seen.is_empty() {
+            self.w.whole_file(
+                "console: no approver has oidc_subject or email, so nobody can sign in (map approvers in [approvers.NAME])",
+            );
+            ok = false;
+        }
+        ok
+    }
+}

@@ -131,6 +131,7 @@ impl ConfigParser<'_> {
         self.required_broker_keys(table, &draft.broker);
         self.roles_declared(table, &draft.roles);
         self.operators_declared(&draft.agents, &draft.approvers);
+        ok &= self.console_identities(&draft.approvers, draft.console.is_some());
         ok &= self.cache_order(&draft.broker.cache);
         if !ok {
             return None;

@@ -342,3 +342,106 @@ fn bad_store_tables() {
     let got = parse_str(&url("postgres://m:hunter2@127.0.0.1/db")).unwrap_err();
     assert!(!got.concat().contains("hunter2"), "{got:?}");
 }
+
+const CONSOLE_BASE: &str = "[broker]\nstate_dir = \"s\"\nsocket = \"s\"\nprofiles_dir = \"p\"\n[roles.r]\narn = \"arn:aws:iam::123456789012:role/r\"\n[approvers.alice]\noidc_subject = \"00u1\"\n[approvers.bob]\nemail = \"Bob@Example.COM\"\n";
+
+#[test]
+fn the_console_table() {
+    let c = parse_str(&format!(
+        "{CONSOLE_BASE}[console]\nlisten = \"127.0.0.1:8443\"\npublic_url = \"https://approve.example.com\"\nsession_lifetime = \"10m\"\n[console.oidc]\nissuer = \"https://login.example.com\"\nclient_id = \"mandate\"\nclient_secret_file = \"oidc.secret\"\n"
+    ))
+    .unwrap();
+    let k = c.console.unwrap();
+    assert_eq!(k.listen.to_string(), "127.0.0.1:8443");
+    assert_eq!(
+        k.request_link("abc"),
+        "https://approve.example.com/requests/abc"
+    );
+    assert_eq!(
+        k.redirect_url(),
+        "https://approve.example.com/auth/callback"
+    );
+    assert_eq!(k.rp_id(), "approve.example.com");
+    assert_eq!(k.session_lifetime, Duration::from_secs(600));
+    assert!(!k.oidc_only_operator_votes);
+    assert_eq!(
+        k.oidc.client_secret_file.as_deref(),
+        Some(Path::new("/etc/m/oidc.secret"))
+    );
+    assert_eq!(c.approvers["bob"].email.as_deref(), Some("bob@example.com"));
+    assert_eq!(c.approvers["alice"].oidc_subject.as_deref(), Some("00u1"));
+}
+
+#[test]
+fn bad_console_tables() {
+    let oidc = "[console.oidc]\nissuer = \"https://login.example.com\"\nclient_id = \"mandate\"\n";
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "required keys",
+            format!("{CONSOLE_BASE}[console]\nsession_lifetime = \"5m\"\n"),
+            vec![
+                "broker.toml:11:2: console: missing required key \"listen\"",
+                "broker.toml:11:2: console: missing required key \"public_url\"",
+                "broker.toml:11:2: console: missing required key \"oidc\"",
+            ],
+        ),
+        (
+            "plain http off loopback, an IP host, not loopback without TLS",
+            format!(
+                "{CONSOLE_BASE}[console]\nlisten = \"0.0.0.0:8443\"\npublic_url = \"http://approve.example.com\"\n{oidc}"
+            ),
+            vec![
+                "broker.toml:11:2: console: listen = \"0.0.0.0:8443\" is not loopback: serve TLS yourself (tls_cert and tls_key) or listen on 127.0.0.1 behind a TLS proxy",
+                "broker.toml:13:14: console.public_url: public_url must be https (plain http only for localhost)",
+            ],
+        ),
+        (
+            "an IP address cannot carry passkeys; a path is not an origin",
+            format!(
+                "{CONSOLE_BASE}[console]\nlisten = \"127.0.0.1:1\"\npublic_url = \"http://127.0.0.1:8443\"\n[console.oidc]\nissuer = \"http://idp.example.com\"\nclient_id = \"\"\n"
+            ),
+            vec![
+                "broker.toml:13:14: console.public_url: public_url must name a host, not an IP address: passkeys are bound to a domain (use http://localhost:PORT for a local console)",
+                "broker.toml:15:10: console.oidc.issuer: issuer must be https (plain http only for localhost)",
+                "broker.toml:16:13: console.oidc.client_id: must be 1 to 256 printable characters",
+            ],
+        ),
+        (
+            "unknown keys and half of TLS",
+            format!(
+                "{CONSOLE_BASE}[console]\nlisten = \"127.0.0.1:1\"\npublic_url = \"https://a.example.com/x\"\ntls_cert = \"c.pem\"\nlifetime = \"1m\"\n[console.oidc]\nissuer = \"https://login.example.com\"\nclient = \"m\"\n"
+            ),
+            vec![
+                "broker.toml:11:2: console: give both tls_cert and tls_key, or neither (then a TLS proxy in front)",
+                "broker.toml:13:14: console.public_url: public_url must be an origin like \"https://approve.example.com\", without a path",
+                "broker.toml:15:1: console: unknown key \"lifetime\" (expected one of: listen, public_url, tls_cert, tls_key, session_lifetime, oidc_only_operator_votes, oidc)",
+                "broker.toml:16:1: console.oidc: missing required key \"client_id\"",
+                "broker.toml:18:1: console.oidc: unknown key \"client\" (expected one of: issuer, client_id, client_secret_file, ca_file)",
+            ],
+        ),
+        (
+            "one sign-in, two approvers",
+            format!(
+                "{CONSOLE_BASE}[approvers.carol]\nemail = \"bob@example.com\"\n[approvers.dave]\noidc_subject = \"00u1\"\n"
+            ),
+            vec![
+                "broker.toml: approvers.carol: email \"bob@example.com\" is also approver bob's: one sign-in must name one approver",
+                "broker.toml: approvers.dave: oidc_subject \"00u1\" is also approver alice's: one sign-in must name one approver",
+            ],
+        ),
+        (
+            "bad identities",
+            "[broker]\nstate_dir = \"s\"\nsocket = \"s\"\nprofiles_dir = \"p\"\n[roles.r]\narn = \"arn:aws:iam::123456789012:role/r\"\n[approvers.x]\nemail = \"not an email\"\noidc_subject = \"\"\nsubject = \"y\"\n".to_owned(),
+            vec![
+                "broker.toml:8:9: approvers.x.email: expected an email address like \"alice@example.com\"",
+                "broker.toml:9:16: approvers.x.oidc_subject: must be 1 to 255 printable characters",
+                "broker.toml:10:1: approvers.x: unknown key \"subject\" (expected one of: uids, oidc_subject, email)",
+            ],
+        ),
+    ];
+    for (what, text, want) in cases {
+        let got = parse_str(&text).unwrap_err();
+        let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        assert_eq!(got, want, "{what}");
+    }
+}

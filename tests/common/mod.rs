@@ -2,6 +2,7 @@
 //! real `mandate` daemon) that clean up after themselves.
 #![allow(dead_code)]
 
+pub mod console;
 pub mod postgres;
 
 use std::io::{Read, Write};
