@@ -259,16 +259,17 @@ async fn home<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Reply {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if ctx.console.passkeys.registered(&s.approver).is_empty() {
-        return Reply::redirect("/passkey");
-    }
+    let has_passkey = !ctx.console.passkeys.registered(&s.approver).is_empty();
     match ctx.broker.approvals(&caller(&s, None), false).await {
         Ok(list) => {
             let pending: Vec<_> = list
                 .into_iter()
                 .filter(|r| r["status"] == "pending")
                 .collect();
-            Reply::html(StatusCode::OK, pages::home(&viewer(&s), &pending))
+            Reply::html(
+                StatusCode::OK,
+                pages::home(&viewer(&s), &pending, has_passkey),
+            )
         }
         Err(e) => Reply::html(
             StatusCode::FORBIDDEN,
@@ -438,7 +439,13 @@ async fn callback<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Reply {
             pages::problem("Unavailable", "The audit log cannot be written.", None),
         );
     }
-    Reply::html(StatusCode::OK, pages::signed_in(&approver))
+    // First sign-in: straight to registering a passkey.
+    let next = if ctx.console.passkeys.registered(&approver).is_empty() {
+        "/passkey"
+    } else {
+        "/"
+    };
+    Reply::html(StatusCode::OK, pages::signed_in(&approver, next))
         .with(hyper::header::SET_COOKIE, session_cookie(&cookie))
         .with(
             hyper::header::SET_COOKIE,

@@ -120,10 +120,11 @@ pub fn problem(title: &str, message: &str, viewer: Option<&Viewer<'_>>) -> Strin
 
 /// After the provider sent the browser back: a same-site step, so that the Strict cookie is
 /// sent on the next request (a redirect chain that began at the provider would not send it).
-pub fn signed_in(approver: &str) -> String {
+pub fn signed_in(approver: &str, next: &str) -> String {
     format!(
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url=/"><title>Signed in · mandate</title><link rel="stylesheet" href="/static/console.css"></head><body><main><p>Signed in as {}. <a href="/">Continue to the console</a></p></main></body></html>"#,
-        esc(approver)
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={next}"><title>Signed in · mandate</title><link rel="stylesheet" href="/static/console.css"></head><body><main><p>Signed in as {who}. <a href="{next}">Continue to the console</a></p></main></body></html>"#,
+        who = esc(approver),
+        next = esc(next),
     )
 }
 
@@ -144,7 +145,7 @@ pub fn passkey(v: &Viewer<'_>, registered: &[String]) -> String {
     layout("Your passkey", Some(v), &body)
 }
 
-pub fn home(v: &Viewer<'_>, requests: &[Value]) -> String {
+pub fn home(v: &Viewer<'_>, requests: &[Value], has_passkey: bool) -> String {
     let mut rows = String::new();
     for r in requests {
         let id = r["id"].as_str().unwrap_or_default();
@@ -162,7 +163,12 @@ pub fn home(v: &Viewer<'_>, requests: &[Value]) -> String {
             expires = text(&r["expires"]),
         );
     }
-    let body = if requests.is_empty() {
+    let mut body = if has_passkey {
+        String::new()
+    } else {
+        r#"<p class="problem">You have no passkey yet, so you cannot vote: <a href="/passkey">register one</a>.</p>"#.to_owned()
+    };
+    body += &if requests.is_empty() {
         r#"<p id="no-requests">No request is waiting for a decision.</p>"#.to_owned()
     } else {
         format!(
@@ -489,6 +495,7 @@ mod tests {
         let page = home(
             &v,
             &[serde_json::json!({"id": "<i>", "agent": "<img src=x>", "approvals": []})],
+            true,
         );
         assert!(!page.contains("<img src=x>"), "{page}");
         assert!(!page.contains("<i>"), "{page}");
