@@ -79,8 +79,8 @@ fn signed_in(port: u16, idp_port: u16) -> String {
     let (status, h, body) = sign_in_over_http(port, idp_port);
     assert_eq!(status, 200, "{body}");
     format!(
-        "mandate_session={}",
-        cookie_value(&h, "mandate_session").unwrap()
+        "__Host-mandate_session={}",
+        cookie_value(&h, "__Host-mandate_session").unwrap()
     )
 }
 

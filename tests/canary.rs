@@ -244,8 +244,8 @@ fn no_secret_appears_anywhere_but_the_intended_response_bodies() {
     let (status, h, body) = console::sign_in_over_http(console_port, idp_port);
     assert_eq!(status, 200, "{body}");
     let cookie = format!(
-        "mandate_session={}",
-        console::cookie_value(&h, "mandate_session").unwrap()
+        "__Host-mandate_session={}",
+        console::cookie_value(&h, "__Host-mandate_session").unwrap()
     );
     let pending_id = d
         .mandate(&["approvals", "list", "--json"])

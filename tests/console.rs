@@ -465,7 +465,10 @@ fn id_tokens_that_do_not_verify_sign_nobody_in() {
         set_mode(idp_port, mode, sub);
         let (status, h, body) = sign_in_over_http(port, idp_port);
         assert_eq!(status, 403, "{mode}: {body}");
-        assert!(cookie_value(&h, "mandate_session").is_none(), "{mode}");
+        assert!(
+            cookie_value(&h, "__Host-mandate_session").is_none(),
+            "{mode}"
+        );
         let audit = s.d.audit();
         let n = records(&audit, |r| r["kind"] == "denied" && r["code"] == code).len();
         let codes: Vec<&Value> = audit
@@ -481,25 +484,25 @@ fn id_tokens_that_do_not_verify_sign_nobody_in() {
     assert_eq!(status, 200, "{body}");
     let set: Vec<&str> = h
         .iter()
-        .filter(|(k, v)| k == "set-cookie" && v.starts_with("mandate_session="))
+        .filter(|(k, v)| k == "set-cookie" && v.starts_with("__Host-mandate_session="))
         .map(|(_, v)| v.as_str())
         .collect();
     assert_eq!(set.len(), 1, "{h:?}");
     for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
         assert!(set[0].contains(attr), "{}", set[0]);
     }
-    let session = cookie_value(&h, "mandate_session").unwrap();
+    let session = cookie_value(&h, "__Host-mandate_session").unwrap();
     // A callback whose state this browser did not start is refused (login CSRF).
     let (status, _, _) = http(
         port,
         "GET",
         "/auth/callback?code=x&state=forged",
-        &[("Cookie", "mandate_login=other")],
+        &[("Cookie", "__Host-mandate_login=other")],
         "",
     );
     assert_eq!(status, 400);
     // With the session: a POST without the token, and one from another origin, are refused.
-    let cookie = format!("mandate_session={session}");
+    let cookie = format!("__Host-mandate_session={session}");
     let (status, _, body) = http(
         port,
         "POST",

@@ -231,6 +231,9 @@ pub struct ApprovalRequest {
 pub struct Voter<'a> {
     pub name: &'a str,
     pub uids: &'a [u32],
+    /// At the console: the subject the OpenID provider vouched for (one person, whatever
+    /// approver names map to them).
+    pub subject: Option<&'a str>,
 }
 
 /// Who else is involved, from the current config: the uids the requesting agent and its
@@ -278,6 +281,10 @@ pub enum VoteError {
         other: String,
         uid: u32,
     },
+    #[error(
+        "{approver} signed in at the console as the same person as {other}, who has already approved; a peer approval must come from another person"
+    )]
+    SameSignIn { approver: String, other: String },
 }
 
 /// What a vote changed.
@@ -427,6 +434,14 @@ impl ApprovalRequest {
                                 approver: voter.name.to_owned(),
                                 other: v.approver.clone(),
                                 uid: *uid,
+                            });
+                        }
+                        if voter.subject.is_some()
+                            && v.via.as_ref().map(|x| x.oidc_subject.as_str()) == voter.subject
+                        {
+                            return Err(VoteError::SameSignIn {
+                                approver: voter.name.to_owned(),
+                                other: v.approver.clone(),
                             });
                         }
                     }

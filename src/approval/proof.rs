@@ -157,6 +157,9 @@ fn check(r: &ApprovalRequest, v: &Vote, trust: &Trust) -> Result<(), String> {
 pub struct Expect<'a> {
     pub requirement: &'a Requirement,
     pub is_approver: &'a (dyn Fn(&str) -> bool + Sync),
+    /// This daemon lets an operator-level vote cast at the console without a passkey count
+    /// (`[console] oidc_only_operator_votes`); a peer vote without one never counts.
+    pub oidc_only_operator: bool,
 }
 
 pub fn check_approved(
@@ -183,6 +186,8 @@ pub fn check_approved(
         return Err(format!("approval request {} is not approved", r.id));
     }
     let mut counted: Vec<(&str, i64)> = Vec::new();
+    // One person at the OpenID provider counts once, whatever approver names they held.
+    let mut subjects: Vec<&str> = Vec::new();
     let mut problems = Vec::new();
     for v in &r.votes {
         if let Err(why) = check(r, v, trust) {
@@ -200,8 +205,27 @@ pub fn check_approved(
                 Requirement::Operator { operator } => v.approver == *operator,
                 Requirement::Peers { operator, .. } => operator.as_deref() != Some(&v.approver),
             };
+        let confirmed = match &v.via {
+            None => true,
+            Some(via) if via.passkey.is_some() => true,
+            Some(_) => {
+                expect.oidc_only_operator && matches!(r.requirement, Requirement::Operator { .. })
+            }
+        };
+        if !confirmed {
+            problems.push(format!(
+                "{}'s vote at the console was cast without a passkey",
+                v.approver
+            ));
+            continue;
+        }
+        let subject = v.via.as_ref().map(|x| x.oidc_subject.as_str());
+        if subject.is_some_and(|s| subjects.contains(&s)) {
+            continue;
+        }
         if eligible && !counted.iter().any(|(a, _)| *a == v.approver) {
             counted.push((&v.approver, v.at));
+            subjects.extend(subject);
         }
     }
     let needed = r.needed().max(1);
@@ -250,6 +274,7 @@ mod tests {
         let expect = Expect {
             requirement: &r.requirement,
             is_approver: &anyone,
+            oidc_only_operator: false,
         };
         check_approved(r, t, &expect, USE, now)
     }
@@ -285,6 +310,80 @@ mod tests {
         sign(&next, &mut v, k);
         next.votes[last] = v;
         next
+    }
+
+    /// `r` after `approver` voted at the console as `subject` (with a passkey or not).
+    fn console_vote(
+        r: &ApprovalRequest,
+        approver: &str,
+        subject: &str,
+        passkey: Option<&str>,
+        k: &SigningKey,
+    ) -> ApprovalRequest {
+        let (mut next, _) = r
+            .vote(&voter(approver, &[]), AGENT_UIDS, true, None, NOW, USE)
+            .unwrap();
+        let last = next.votes.len() - 1;
+        let mut v = next.votes[last].clone();
+        v.via = Some(crate::approval::Via {
+            oidc_subject: subject.into(),
+            passkey: passkey.map(Into::into),
+        });
+        sign(&next, &mut v, k);
+        next.votes[last] = v;
+        next
+    }
+
+    #[test]
+    fn console_votes_count_only_with_a_passkey_and_once_per_person() {
+        let k = key(1);
+        let t = trust(&[&k]);
+        // Two peers, each with a passkey: approved.
+        let two = console_vote(&peers_req(2), "bob", "s-bob", Some("pk1"), &k);
+        let two = console_vote(&two, "carol", "s-carol", Some("pk2"), &k);
+        assert_eq!(check(&two, &t, NOW), Ok(()));
+        // The same person under two approver names counts once (the vote itself is refused,
+        // and a row written by hand is not counted either).
+        let one = console_vote(&peers_req(2), "bob", "s-bob", Some("pk1"), &k);
+        assert_eq!(
+            one.vote(
+                &crate::approval::Voter {
+                    name: "bob-ops",
+                    uids: &[],
+                    subject: Some("s-bob"),
+                },
+                AGENT_UIDS,
+                true,
+                None,
+                NOW,
+                USE
+            )
+            .unwrap_err()
+            .to_string(),
+            "bob-ops signed in at the console as the same person as bob, who has already approved; a peer approval must come from another person"
+        );
+        let twice = console_vote(&one, "bob-ops", "s-bob", Some("pk9"), &k);
+        assert!(check(&twice, &t, NOW).is_err());
+        // A peer vote without a passkey never counts; an operator vote without one only where
+        // this daemon allows it.
+        let no_key = console_vote(&peers_req(1), "bob", "s-bob", None, &k);
+        assert!(
+            check(&no_key, &t, NOW)
+                .unwrap_err()
+                .contains("bob's vote at the console was cast without a passkey")
+        );
+        let op = console_vote(&operator_req(), "alice", "s-alice", None, &k);
+        assert!(check(&op, &t, NOW).is_err());
+        let allowing = Expect {
+            requirement: &op.requirement,
+            is_approver: &anyone,
+            oidc_only_operator: true,
+        };
+        assert_eq!(check_approved(&op, &t, &allowing, USE, NOW), Ok(()));
+        // The provenance is signed: changing it breaks the signature.
+        let mut moved = two.clone();
+        moved.votes[1].via.as_mut().unwrap().passkey = Some("other".into());
+        assert!(check(&moved, &t, NOW).is_err());
     }
 
     #[test]
@@ -449,6 +548,7 @@ mod tests {
         let expect = Expect {
             requirement: &two.requirement,
             is_approver: &anyone,
+            oidc_only_operator: false,
         };
         assert_eq!(
             check_approved(&approved, &trust(&[&k]), &expect, USE, NOW),
@@ -479,6 +579,7 @@ mod tests {
         let zero_expected = Expect {
             requirement: &zero.requirement,
             is_approver: &anyone,
+            oidc_only_operator: false,
         };
         assert_eq!(
             check_approved(&zero, &trust(&[&k]), &zero_expected, USE, NOW),
@@ -493,6 +594,7 @@ mod tests {
         let expect = Expect {
             requirement: &one.requirement,
             is_approver: &not_bob,
+            oidc_only_operator: false,
         };
         assert!(check_approved(&one, &trust(&[&k]), &expect, USE, NOW).is_err());
     }

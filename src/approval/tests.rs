@@ -49,7 +49,11 @@ pub(crate) const AGENT_UIDS: &Parties<'static> = &Parties {
 };
 
 pub(crate) fn voter<'a>(name: &'a str, uids: &'a [u32]) -> Voter<'a> {
-    Voter { name, uids }
+    Voter {
+        name,
+        uids,
+        subject: None,
+    }
 }
 
 #[test]

@@ -153,6 +153,11 @@ impl<I: Issuer> Broker<I> {
         let expect = crate::approval::proof::Expect {
             requirement: at.requirement,
             is_approver: &is_approver,
+            oidc_only_operator: state
+                .config
+                .console
+                .as_ref()
+                .is_some_and(|c| c.oidc_only_operator_votes),
         };
         if r.digest == at.digest
             && let Err(why) = crate::approval::proof::check_approved(

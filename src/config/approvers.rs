@@ -100,5 +100,6 @@ fn valid_email(s: &str) -> bool {
         && !domain.ends_with('.')
         && !domain.contains('@')
         && s.len() <= 254
+        && s.is_ascii()
         && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }

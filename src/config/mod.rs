@@ -255,6 +255,36 @@ impl Config {
         self.state_dir.join("signing.key")
     }
 
+    /// The approver a console sign-in is: the one pinned to the provider's `subject`, or else
+    /// the one (not pinned to any subject) whose email is the provider's verified `email`,
+    /// compared in ASCII only. A sign-in that would be two approvers is refused.
+    pub fn console_approver(
+        &self,
+        subject: &str,
+        email: Option<&str>,
+    ) -> Result<Option<&Approver>, String> {
+        let by_subject = self
+            .approvers
+            .values()
+            .find(|a| a.oidc_subject.as_deref() == Some(subject));
+        let by_email = email.filter(|e| e.is_ascii()).and_then(|e| {
+            self.approvers.values().find(|a| {
+                a.oidc_subject.is_none()
+                    && a.email
+                        .as_deref()
+                        .is_some_and(|x| x.eq_ignore_ascii_case(e))
+            })
+        });
+        match (by_subject, by_email) {
+            (Some(a), Some(b)) if a.name != b.name => Err(format!(
+                "the sign-in is approver {} by its subject and approver {} by its email; one person must be one approver",
+                a.name, b.name
+            )),
+            (Some(a), _) => Ok(Some(a)),
+            (None, b) => Ok(b),
+        }
+    }
+
     /// Approvers who may count toward an agent's two-person rule.
     pub fn peer_approvers<'a>(&'a self, agent: &'a Agent) -> impl Iterator<Item = &'a Approver> {
         self.approvers.values().filter(move |a| {

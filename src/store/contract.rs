@@ -41,6 +41,7 @@ pub fn voted(r: &ApprovalRequest, approve: bool) -> ApprovalRequest {
     let alice = Voter {
         name: "alice",
         uids: &[1000],
+        subject: None,
     };
     r.vote(&alice, PARTIES, approve, None, NOW, USE)
         .expect("alice may vote")

@@ -55,7 +55,10 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Status 0: no connection (a console that turns connections away).
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, Vec::new(), String::new());
+    };
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let mut req = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
@@ -65,7 +68,7 @@ pub fn http(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).unwrap();
+    let _ = s.write_all(req.as_bytes());
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -113,7 +116,7 @@ pub fn set_mode(idp_port: u16, mode: &str, sub: &str) {
 pub fn sign_in_over_http(port: u16, idp_port: u16) -> (u16, Vec<(String, String)>, String) {
     let (status, h, _) = http(port, "GET", "/auth/login", &[], "");
     assert_eq!(status, 303);
-    let login = cookie_value(&h, "mandate_login").expect("a login cookie");
+    let login = cookie_value(&h, "__Host-mandate_login").expect("a login cookie");
     let authorize = header(&h, "location").unwrap().to_owned();
     let path = authorize
         .strip_prefix(&format!("http://localhost:{idp_port}"))
@@ -134,7 +137,7 @@ pub fn sign_in_over_http(port: u16, idp_port: u16) -> (u16, Vec<(String, String)
         port,
         "GET",
         path,
-        &[("Cookie", &format!("mandate_login={login}"))],
+        &[("Cookie", &format!("__Host-mandate_login={login}"))],
         "",
     )
 }

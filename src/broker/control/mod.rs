@@ -132,10 +132,12 @@ impl<I: Issuer> Broker<I> {
             // since) must still say so.
             Caller::Console(u) => {
                 let mapped = state.config.console.is_some()
-                    && state.config.approvers.get(&u.approver).is_some_and(|a| {
-                        a.oidc_subject.as_deref() == Some(u.subject.as_str())
-                            || (a.email.is_some() && a.email == u.email)
-                    });
+                    && state
+                        .config
+                        .console_approver(&u.subject, u.email.as_deref())
+                        .ok()
+                        .flatten()
+                        .is_some_and(|a| a.name == u.approver);
                 return if !mapped {
                     Err(refuse(format!(
                         "the console sign-in {} is no longer mapped to approver {}",

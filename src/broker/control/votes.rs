@@ -93,6 +93,7 @@ impl<I: Issuer> Broker<I> {
         let voter = Voter {
             name: &approver,
             uids: &voter_uids,
+            subject: caller.console().map(|u| u.subject.as_str()),
         };
         let serial = self.admin.lock().await;
         for _ in 0..crate::store::MAX_SWAPS {

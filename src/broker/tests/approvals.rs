@@ -711,9 +711,20 @@ fn peers_never_share_a_uid_with_the_operator_or_with_each_other() {
         operator_uids: &[1000],
     };
     let vote = |r: &ApprovalRequest, name: &str, uids: &[u32]| {
-        r.vote(&Voter { name, uids }, &parties, true, None, T0, 600)
-            .map(|(n, _)| n)
-            .map_err(|e| e.to_string())
+        r.vote(
+            &Voter {
+                name,
+                uids,
+                subject: None,
+            },
+            &parties,
+            true,
+            None,
+            T0,
+            600,
+        )
+        .map(|(n, _)| n)
+        .map_err(|e| e.to_string())
     };
     assert_eq!(
         vote(&r, "alice-admin", &[1000]).unwrap_err(),

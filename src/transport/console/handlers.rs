@@ -281,13 +281,15 @@ async fn home<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Reply {
 async fn login<I: Issuer>(ctx: &Ctx<I>) -> Reply {
     match ctx.console.oidc.begin().await {
         Ok((url, pending)) => {
-            let state = pending.state().to_owned();
-            ctx.console.sessions.start_login(pending);
+            let state = ctx
+                .console
+                .sessions
+                .seal_login(&pending, crate::clock::unix_now());
             // Lax: the provider's redirect back is a cross-site navigation.
             Reply::redirect(&url).with(
                 hyper::header::SET_COOKIE,
                 format!(
-                    "{}={state}; Path=/auth; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
+                    "{}={state}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
                     session::LOGIN_COOKIE,
                     session::LOGIN_TTL.as_secs()
                 ),
@@ -321,11 +323,6 @@ async fn callback<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Reply {
             ),
             "The identity provider did not sign you in.",
         )),
-        (Some(state), _) if req.login_cookie.as_deref() != Some(state.as_str()) => Some(refuse(
-            "login_state",
-            "the sign-in came back to a browser that did not start it".into(),
-            "This sign-in was not started in this browser; start again.",
-        )),
         (None, _) | (_, None) => Some(refuse(
             "login_state",
             "the provider's answer lacks state or code".into(),
@@ -341,22 +338,35 @@ async fn callback<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Reply {
         );
     }
     let (state, code) = (&q["state"], &q["code"]);
-    let Some(pending) = ctx.console.sessions.take_login(state) else {
-        ctx.refused(event(
-            "login_state",
-            true,
-            None,
-            "the sign-in is unknown, expired or already finished".into(),
-        ))
-        .await;
-        return Reply::html(
-            StatusCode::BAD_REQUEST,
-            pages::problem(
-                "Sign-in refused",
-                "This sign-in expired or was already used; start again.",
-                None,
-            ),
-        );
+    let opened = req.login_cookie.as_deref().map(|c| {
+        ctx.console
+            .sessions
+            .open_login(c, state, crate::clock::unix_now())
+    });
+    let pending = match opened {
+        Some(Ok(p)) => p,
+        problem => {
+            let (message, shown) = match problem {
+                Some(Err(session::LoginProblem::Expired)) => (
+                    "the sign-in took longer than 10 minutes",
+                    "This sign-in expired; start again.",
+                ),
+                Some(Err(session::LoginProblem::OtherState)) => (
+                    "the provider sent back another sign-in than this browser started",
+                    "This sign-in was not started in this browser; start again.",
+                ),
+                _ => (
+                    "the sign-in came back to a browser that did not start it (no valid login cookie)",
+                    "This sign-in was not started in this browser; start again.",
+                ),
+            };
+            ctx.refused(event("login_state", true, None, message.into()))
+                .await;
+            return Reply::html(
+                StatusCode::BAD_REQUEST,
+                pages::problem("Sign-in refused", shown, None),
+            );
+        }
     };
     let identity = match ctx.console.oidc.finish(pending, code).await {
         Ok(i) => i,
@@ -375,18 +385,27 @@ async fn callback<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Reply {
     };
     // Who this is here: an approver mapped by subject, or by a verified email.
     let state_now = ctx.broker.state();
-    let approvers = &state_now.config.approvers;
-    let mapped = approvers
-        .values()
-        .find(|a| a.oidc_subject.as_deref() == Some(identity.subject.as_str()))
-        .or_else(|| {
-            identity.email.as_ref().and_then(|e| {
-                approvers
-                    .values()
-                    .find(|a| a.email.as_deref() == Some(e.as_str()))
+    let mapped = match state_now
+        .config
+        .console_approver(&identity.subject, identity.email.as_deref())
+    {
+        Ok(a) => a.map(|a| a.name.clone()),
+        Err(why) => {
+            ctx.refused(ConsoleEvent {
+                subject: Some(identity.subject.clone()),
+                ..event("ambiguous_approver", true, None, why)
             })
-        })
-        .map(|a| a.name.clone());
+            .await;
+            return Reply::html(
+                StatusCode::FORBIDDEN,
+                pages::problem(
+                    "Sign-in refused",
+                    "Your sign-in matches two approvers here; ask the broker's owner to fix broker.toml.",
+                    None,
+                ),
+            );
+        }
+    };
     let Some(approver) = mapped else {
         ctx.refused(ConsoleEvent {
             subject: Some(identity.subject.clone()),
@@ -449,7 +468,7 @@ async fn callback<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Reply {
         .with(hyper::header::SET_COOKIE, session_cookie(&cookie))
         .with(
             hyper::header::SET_COOKIE,
-            clear_cookie(session::LOGIN_COOKIE, "/auth"),
+            clear_cookie(session::LOGIN_COOKIE, "/"),
         )
 }
 
@@ -668,8 +687,8 @@ fn clean_note(note: Option<String>) -> Result<Option<String>, &'static str> {
         Some(n) if n.chars().count() > MAX_NOTE_CHARS => {
             Err("the note is longer than 500 characters")
         }
-        Some(n) if n.chars().any(|c| c.is_control() && c != '\n') => {
-            Err("the note contains control characters")
+        Some(n) if n.chars().any(|c| c != '\n' && crate::diag::must_escape(c)) => {
+            Err("the note contains control or invisible characters")
         }
         Some(n) => Ok(Some(n.trim().to_owned())),
     }
@@ -1029,7 +1048,7 @@ mod tests {
         assert_eq!(clean_note(Some(" ok\n".into())), Ok(Some("ok".into())));
         assert_eq!(
             clean_note(Some("a\u{1b}[31m".into())),
-            Err("the note contains control characters")
+            Err("the note contains control or invisible characters")
         );
         assert_eq!(
             clean_note(Some("x".repeat(501))),

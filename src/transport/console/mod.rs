@@ -42,7 +42,11 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Request bodies (a passkey answer is a few KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Refusals at the door written to the audit log per second at most; the rest are logged.
+/// Time to send the body once the head is in (a slow body holds a connection no longer).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refusals written to the audit log per second at most, for anonymous requests and, apart,
+/// for signed-in ones (so that anonymous noise cannot hide an approver's refusal); the rest
+/// are logged, and counted in the next record written.
 pub const AUDITED_REFUSALS_PER_SECOND: u64 = 20;
 
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -53,7 +57,32 @@ pub struct Console {
     pub oidc: oidc::Provider,
     pub passkeys: passkey::Passkeys<Action>,
     pub sessions: session::Sessions,
-    refusals: (AtomicU64, AtomicU64),
+    anonymous_refusals: Budget,
+    signed_in_refusals: Budget,
+}
+
+/// A per-second budget, with the count of what it turned away.
+#[derive(Default)]
+struct Budget {
+    second: AtomicU64,
+    used: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl Budget {
+    /// Whether one more may be written now; if so, how many were turned away before it.
+    fn take(&self) -> Option<u64> {
+        let now = crate::clock::unix_now() as u64;
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < AUDITED_REFUSALS_PER_SECOND {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,18 +112,9 @@ impl Console {
             oidc,
             passkeys,
             sessions: session::Sessions::default(),
-            refusals: (AtomicU64::new(0), AtomicU64::new(0)),
+            anonymous_refusals: Budget::default(),
+            signed_in_refusals: Budget::default(),
         })
-    }
-
-    /// Whether another refusal may be written this second.
-    fn refusal_budget(&self) -> bool {
-        let now = crate::clock::unix_now() as u64;
-        let (sec, n) = &self.refusals;
-        if sec.swap(now, Ordering::Relaxed) != now {
-            n.store(0, Ordering::Relaxed);
-        }
-        n.fetch_add(1, Ordering::Relaxed) < AUDITED_REFUSALS_PER_SECOND
     }
 
     /// `host:port` as browsers send it in `Host`.
@@ -313,12 +333,23 @@ async fn respond<I: Issuer>(ctx: &Ctx<I>, req: Request<Incoming>) -> Response<Fu
         ));
     }
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    let body = match tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(body, MAX_BODY_BYTES).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
             return finish(Reply::html(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 pages::problem("Too large", "That request is too large.", None),
+            ));
+        }
+        Err(_) => {
+            return finish(Reply::html(
+                StatusCode::REQUEST_TIMEOUT,
+                pages::problem("Too slow", "The request did not arrive in time.", None),
             ));
         }
     };
@@ -341,11 +372,23 @@ async fn respond<I: Issuer>(ctx: &Ctx<I>, req: Request<Incoming>) -> Response<Fu
 
 impl<I: Issuer> Ctx<I> {
     /// Audits a refusal at the door (within the budget; always logged).
-    async fn refused(&self, e: ConsoleEvent) {
+    async fn refused(&self, mut e: ConsoleEvent) {
         tracing::warn!(what = %e.what, subject = ?e.subject, message = %e.message, "console refused");
-        if self.console.refusal_budget()
-            && let Err(err) = self.broker.audit_console(e).await
-        {
+        let budget = if e.subject.is_some() {
+            &self.console.signed_in_refusals
+        } else {
+            &self.console.anonymous_refusals
+        };
+        let Some(suppressed) = budget.take() else {
+            return;
+        };
+        if suppressed > 0 {
+            e.message = format!(
+                "{} ({suppressed} earlier refusals over the budget were logged, not recorded one by one)",
+                e.message
+            );
+        }
+        if let Err(err) = self.broker.audit_console(e).await {
             tracing::error!(error = %err, "cannot audit a console refusal");
         }
     }

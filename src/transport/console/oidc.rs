@@ -159,6 +159,21 @@ impl Pending {
     pub fn created_at(&self) -> Instant {
         self.created_at
     }
+
+    /// What the console seals into the browser's login cookie: state, nonce and PKCE verifier.
+    pub fn parts(&self) -> (&str, &str, &str) {
+        (&self.state, self.nonce.expose(), self.verifier.expose())
+    }
+
+    /// A sign-in back from its sealed parts, `age` old.
+    pub fn from_parts(state: String, nonce: String, verifier: String, age: Duration) -> Pending {
+        Pending {
+            state,
+            nonce: Secret::new(nonce),
+            verifier: Secret::new(verifier),
+            created_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+        }
+    }
 }
 
 impl std::fmt::Debug for Pending {
@@ -528,7 +543,9 @@ fn plausible_email(e: &str) -> Option<String> {
         && e.split_once('@')
             .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
         && !e.chars().any(|c| c.is_control() || c.is_whitespace());
-    ok.then(|| e.to_lowercase())
+    // ASCII only: Unicode case folding would map other addresses onto an approver's
+    // (KELVIN SIGN lowercases to k).
+    (ok && e.is_ascii()).then(|| e.to_ascii_lowercase())
 }
 
 /// Which ID-token failure this is. `issuer` and `client_id` are only echoed in messages.

@@ -19,7 +19,11 @@ pub fn esc(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
-            c if c.is_control() && c != '\n' => out.push('\u{fffd}'),
+            // Control and invisible formatting characters (bidi controls, zero-width, ...) are
+            // shown, never obeyed: the rule the CLI follows (diag::must_escape).
+            c if c != '\n' && crate::diag::must_escape(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
             c => out.push(c),
         }
     }
@@ -484,8 +488,8 @@ mod tests {
     #[test]
     fn everything_shown_is_escaped() {
         assert_eq!(
-            esc("<script>alert('x')</script>&\"\u{7}"),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;\u{fffd}"
+            esc("<script>alert('x')</script>&\"\u{7}\u{202e}"),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;\\u{7}\\u{202e}"
         );
         let v = Viewer {
             approver: "<b>",

@@ -13,17 +13,16 @@ use subtle::ConstantTimeEq;
 
 use super::oidc::Pending;
 
-/// Sign-ins started and not finished, at most; the oldest go first.
-pub const MAX_LOGINS: usize = 256;
 /// How long the provider may take to send the browser back.
 pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 /// Signed-in sessions at most (a new sign-in beyond it is refused until one ends).
 pub const MAX_SESSIONS: usize = 1024;
 
-/// The cookie that names a session.
-pub const SESSION_COOKIE: &str = "mandate_session";
+/// The cookie that names a session (`__Host-`: Secure, Path=/, no Domain, so that no sibling
+/// subdomain can set or shadow it).
+pub const SESSION_COOKIE: &str = "__Host-mandate_session";
 /// The cookie that ties a sign-in in flight to the browser that started it.
-pub const LOGIN_COOKIE: &str = "mandate_login";
+pub const LOGIN_COOKIE: &str = "__Host-mandate_login";
 
 /// One signed-in approver.
 #[derive(Clone, Debug)]
@@ -70,35 +69,111 @@ pub fn token() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-#[derive(Default)]
+/// Signed-in sessions, and the key that seals sign-ins in flight.
+///
+/// A sign-in in flight is kept by the browser, not here: its state, nonce and PKCE verifier go
+/// into the login cookie (`HttpOnly; Secure; SameSite=Lax`, the one that comes back with the
+/// provider's redirect), with an HMAC under a key only this process has, and the time it began.
+/// Nobody can then cancel an approver's sign-in by starting many others, and nothing grows.
 pub struct Sessions {
-    logins: Mutex<HashMap<String, (Pending, Instant)>>,
+    login_key: [u8; 32],
     live: Mutex<HashMap<[u8; 32], Session>>,
 }
 
-impl Sessions {
-    /// Keeps a sign-in in flight under its `state`.
-    pub fn start_login(&self, pending: Pending) {
-        let mut logins = self.logins.lock().unwrap_or_else(|e| e.into_inner());
-        logins.retain(|_, (_, at)| at.elapsed() < LOGIN_TTL);
-        while logins.len() >= MAX_LOGINS {
-            let Some(oldest) = logins
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            logins.remove(&oldest);
+impl Default for Sessions {
+    fn default() -> Self {
+        let mut login_key = [0u8; 32];
+        getrandom::fill(&mut login_key).expect("the OS random source works");
+        Sessions {
+            login_key,
+            live: Mutex::new(HashMap::new()),
         }
-        logins.insert(pending.state().to_owned(), (pending, Instant::now()));
+    }
+}
+
+/// Why a login cookie does not name a sign-in in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginProblem {
+    /// Missing, malformed, or sealed by another key (or another process).
+    Unknown,
+    /// For another sign-in than the one the provider sent back.
+    OtherState,
+    /// Older than [`LOGIN_TTL`].
+    Expired,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.len() > 2048 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Sessions {
+    fn mac(&self, body: &str) -> hmac::Hmac<Sha256> {
+        use hmac::Mac;
+        let mut m = <hmac::Hmac<Sha256> as Mac>::new_from_slice(&self.login_key)
+            .expect("HMAC takes any key length");
+        m.update(b"mandate-console-login-v1\0");
+        m.update(body.as_bytes());
+        m
     }
 
-    /// Takes the sign-in in flight for `state` (once).
-    pub fn take_login(&self, state: &str) -> Option<Pending> {
-        let mut logins = self.logins.lock().unwrap_or_else(|e| e.into_inner());
-        logins.retain(|_, (_, at)| at.elapsed() < LOGIN_TTL);
-        logins.remove(state).map(|(p, _)| p)
+    /// The login cookie's value for a sign-in just begun.
+    pub fn seal_login(&self, pending: &Pending, now: i64) -> String {
+        use hmac::Mac;
+        let (state, nonce, verifier) = pending.parts();
+        let body = format!(
+            "{now}.{}.{}.{}",
+            hex(state.as_bytes()),
+            hex(nonce.as_bytes()),
+            hex(verifier.as_bytes())
+        );
+        let tag = self.mac(&body).finalize().into_bytes();
+        format!("{body}.{}", hex(&tag))
+    }
+
+    /// The sign-in a login cookie seals, if it is this process's, recent, and for `state`.
+    pub fn open_login(&self, cookie: &str, state: &str, now: i64) -> Result<Pending, LoginProblem> {
+        use hmac::Mac;
+        let (body, tag) = cookie.rsplit_once('.').ok_or(LoginProblem::Unknown)?;
+        let tag = unhex(tag).ok_or(LoginProblem::Unknown)?;
+        self.mac(body)
+            .verify_slice(&tag)
+            .map_err(|_| LoginProblem::Unknown)?;
+        let mut parts = body.split('.');
+        let at: i64 = parts
+            .next()
+            .and_then(|t| t.parse().ok())
+            .ok_or(LoginProblem::Unknown)?;
+        let mut text = || {
+            parts
+                .next()
+                .and_then(unhex)
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or(LoginProblem::Unknown)
+        };
+        let (sealed_state, nonce, verifier) = (text()?, text()?, text()?);
+        if sealed_state.as_bytes().ct_eq(state.as_bytes()).unwrap_u8() != 1 {
+            return Err(LoginProblem::OtherState);
+        }
+        let age = now.saturating_sub(at);
+        if !(0..LOGIN_TTL.as_secs() as i64).contains(&age) {
+            return Err(LoginProblem::Expired);
+        }
+        Ok(Pending::from_parts(
+            sealed_state,
+            nonce,
+            verifier,
+            Duration::from_secs(age as u64),
+        ))
     }
 
     /// A new session; the cookie value, or None when the console is full.
@@ -184,5 +259,44 @@ mod tests {
         let key = s.get(Some(&c)).unwrap().key;
         s.end(&key);
         assert_eq!(s.get(Some(&c)).unwrap_err(), NoSession::Missing);
+    }
+}
+
+#[cfg(test)]
+mod login_tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_sign_in_opens_only_here_for_its_state_and_in_time() {
+        let s = Sessions::default();
+        let p = Pending::from_parts("st".into(), "no".into(), "ve".into(), Duration::ZERO);
+        let c = s.seal_login(&p, 1000);
+        let back = s.open_login(&c, "st", 1005).unwrap();
+        assert_eq!(back.parts(), ("st", "no", "ve"));
+        assert_eq!(
+            s.open_login(&c, "other", 1005).unwrap_err(),
+            LoginProblem::OtherState
+        );
+        assert_eq!(
+            s.open_login(&c, "st", 1000 + LOGIN_TTL.as_secs() as i64)
+                .unwrap_err(),
+            LoginProblem::Expired
+        );
+        // Another process (another key), or any change to the cookie: unknown.
+        assert_eq!(
+            Sessions::default().open_login(&c, "st", 1005).unwrap_err(),
+            LoginProblem::Unknown
+        );
+        let tampered = c.replacen("1000.", "1004.", 1);
+        assert_eq!(
+            s.open_login(&tampered, "st", 1005).unwrap_err(),
+            LoginProblem::Unknown
+        );
+        for junk in ["", ".", "x.y", "1000.zz.zz.zz.00"] {
+            assert_eq!(
+                s.open_login(junk, "st", 1005).unwrap_err(),
+                LoginProblem::Unknown
+            );
+        }
     }
 }
