@@ -535,12 +535,55 @@ fn id_tokens_that_do_not_verify_sign_nobody_in() {
     );
 }
 
+/// Accepts one HTTP request and answers 200; the request's body.
+fn one_webhook(listener: std::net::TcpListener) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut c, _) = listener.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = c.read(&mut chunk).unwrap_or(0);
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                    return body.to_owned();
+                }
+            }
+            if n == 0 {
+                return String::new();
+            }
+        }
+    })
+}
+
 #[test]
 fn every_answer_carries_the_security_headers_and_the_host_is_checked() {
     let port = common::free_port();
     let idp_port = common::free_port();
     let issuer = format!("http://localhost:{idp_port}");
-    let s = daemon(port, &issuer, "", "");
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_port = hook.local_addr().unwrap().port();
+    let posted = one_webhook(hook);
+    let s = daemon(
+        port,
+        &issuer,
+        "",
+        &format!(
+            "\n[notify]\nwebhook = \"http://127.0.0.1:{hook_port}/hook\"\nformat = \"slack\"\n"
+        ),
+    );
     for path in [
         "/",
         "/static/console.js",
@@ -585,4 +628,86 @@ fn every_answer_carries_the_security_headers_and_the_host_is_checked() {
         "{}",
         stderr(&o)
     );
+    // The notification, in Slack's format: what is asked and the link, no approve button.
+    let body: Value = serde_json::from_str(&posted.join().unwrap()).unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("Agent claude asks for profile peer-deploy (1800 s). It needs 1 peer approver other than the operator."),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("<http://localhost:{port}/requests/")),
+        "{text}"
+    );
+    assert!(text.ends_with("|Review request in the console>"), "{text}");
+    assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+}
+
+#[test]
+fn the_console_serves_tls_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = common::free_port();
+    let moto = Moto::start();
+    let config = common::config_text(
+        &moto.endpoint(),
+        &format!(
+            "oidc_subject = \"human\"\n[console]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"https://localhost:{port}\"\ntls_cert = \"{c}\"\ntls_key = \"{k}\"\n[console.oidc]\nissuer = \"http://localhost:1\"\nclient_id = \"mandate-console\"\n",
+            c = dir.path().join("cert.pem").display(),
+            k = dir.path().join("key.pem").display(),
+        ),
+    );
+    let _d = Daemon::start(&config);
+    common::wait_until("the console", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let curl = |url: &str| {
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert"])
+            .arg(dir.path().join("cert.pem"))
+            .arg(url)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, head) = curl(&format!("https://localhost:{port}/"));
+    assert_eq!(code, Some(0), "{head}");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    // Plain HTTP on a TLS listener gets nothing.
+    let (status, _, _) = http(port, "GET", "/", &[], "");
+    assert_eq!(status, 0);
 }
