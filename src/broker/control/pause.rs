@@ -8,10 +8,30 @@ use crate::broker::{Broker, BrokerError, Caller, Denial, DenyCode};
 use crate::revoke::Pause;
 
 impl<I: Issuer> Broker<I> {
+    /// At the console, what loosens (resume, a breaker reset) is confirmed with a passkey.
+    async fn loosening_needs_passkey(
+        &self,
+        caller: &Caller,
+        what: &str,
+    ) -> Result<(), BrokerError> {
+        match caller.console() {
+            Some(u) if u.passkey.is_none() => {
+                let d = Denial {
+                    code: DenyCode::NotApprover,
+                    message: format!("{what} at the console needs your passkey"),
+                    agent: None,
+                };
+                Err(self.refuse_admin(caller, what, d).await)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Resets a tripped breaker.
     pub async fn breaker_reset(&self, caller: Caller, agent: String) -> Result<(), BrokerError> {
         let what = format!("breaker reset {agent}");
         let approver = self.approver(&caller, None, &what).await?;
+        self.loosening_needs_passkey(&caller, &what).await?;
         let _admin = self.admin.lock().await;
         let state = self.state();
         if !state.config.agents.contains_key(&agent) {
@@ -59,6 +79,9 @@ impl<I: Issuer> Broker<I> {
     ) -> Result<(), BrokerError> {
         let what = if pause { "pause" } else { "resume" };
         let approver = self.approver(&caller, None, what).await?;
+        if !pause {
+            self.loosening_needs_passkey(&caller, what).await?;
+        }
         let _admin = self.admin.lock().await;
         let p = pause.then(|| Pause {
             at: self.now(),

@@ -797,3 +797,58 @@ async fn votes_written_into_the_store_by_hand_release_nothing() {
     assert!(m.contains("which is not a trusted vote signer"), "{m}");
     assert_eq!(b.issuer.calls.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn at_the_console_what_loosens_needs_a_passkey_and_the_mapping_must_hold() {
+    let w = World::new();
+    let mut st = state(false);
+    st.config.console = Some(crate::config::ConsoleConfig {
+        listen: "127.0.0.1:1".parse().unwrap(),
+        public_url: url::Url::parse("https://approve.example.com").unwrap(),
+        tls: None,
+        session_lifetime: std::time::Duration::from_secs(60),
+        oidc_only_operator_votes: false,
+        oidc: crate::config::OidcConfig {
+            issuer: url::Url::parse("https://login.example.com").unwrap(),
+            client_id: "m".into(),
+            client_secret_file: None,
+            ca_file: None,
+        },
+    });
+    st.config.approvers.get_mut("bob").unwrap().oidc_subject = Some("s-bob".into());
+    let b = w.broker(st);
+    let console = |subject: &str, passkey: Option<&str>| {
+        Caller::Console(crate::broker::ConsoleUser {
+            approver: "bob".into(),
+            subject: subject.into(),
+            email: None,
+            passkey: passkey.map(Into::into),
+        })
+    };
+    // Pausing (which only stops things) needs the sign-in; resuming needs the passkey too.
+    b.set_paused(console("s-bob", None), true, Some("x".into()))
+        .await
+        .unwrap();
+    let (c, m) = code(b.set_paused(console("s-bob", None), false, None).await);
+    assert_eq!(c, "not_approver");
+    assert_eq!(m, "resume at the console needs your passkey");
+    let (c, m) = code(
+        b.breaker_reset(console("s-bob", None), "claude".into())
+            .await,
+    );
+    assert_eq!(c, "not_approver");
+    assert_eq!(m, "breaker reset claude at the console needs your passkey");
+    b.set_paused(console("s-bob", Some("pk")), false, None)
+        .await
+        .unwrap();
+    // A sign-in the config no longer maps to bob acts as nobody.
+    let (c, m) = code(
+        b.set_paused(console("s-mallory", Some("pk")), true, None)
+            .await,
+    );
+    assert_eq!(c, "not_approver");
+    assert_eq!(
+        m,
+        "the console sign-in \"s-mallory\" is no longer mapped to approver bob"
+    );
+}

@@ -107,6 +107,19 @@ fn event(what: &str, refused: bool, s: Option<&Session>, message: String) -> Con
     }
 }
 
+/// Text from the request, for a record: at most 120 characters, printable.
+fn shown(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(120)
+        .map(|c| if crate::diag::must_escape(c) { '?' } else { c })
+        .collect();
+    if s.chars().count() > 120 {
+        out.push('…');
+    }
+    out
+}
+
 fn caller(s: &Session, passkey: Option<String>) -> Caller {
     Caller::Console(ConsoleUser {
         approver: s.approver.clone(),
@@ -145,7 +158,31 @@ fn is_json(req: &Incoming2) -> bool {
 /// Step one of every page: the signed-in session, or the audited refusal.
 async fn signed_in<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Result<Session, Reply> {
     match ctx.console.sessions.get(req.cookie.as_deref()) {
-        Ok(s) => Ok(s),
+        // The config may have changed since the sign-in: the mapping must still hold.
+        Ok(s) => match ctx.broker.approver_of(&caller(&s, None), None) {
+            Ok(_) => Ok(s),
+            Err(d) => {
+                ctx.console.sessions.end(&s.key);
+                ctx.refused(event("unmapped", true, Some(&s), d.message.clone()))
+                    .await;
+                let issuer = ctx
+                    .console
+                    .config
+                    .oidc
+                    .issuer
+                    .host_str()
+                    .unwrap_or("")
+                    .to_owned();
+                Err(Reply::html(
+                    StatusCode::FORBIDDEN,
+                    pages::sign_in(&issuer, Some(&d.message)),
+                )
+                .with(
+                    hyper::header::SET_COOKIE,
+                    clear_cookie(session::SESSION_COOKIE, "/"),
+                ))
+            }
+        },
         Err(why) => {
             let (what, message) = match why {
                 NoSession::Missing => ("no_session", "sign in first"),
@@ -155,7 +192,7 @@ async fn signed_in<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Result<Session, 
                 what,
                 true,
                 None,
-                format!("{} {}: {message}", req.method, req.path),
+                format!("{} {}: {message}", req.method, shown(&req.path)),
             ))
             .await;
             let issuer = ctx
@@ -195,7 +232,12 @@ async fn signed_in_post<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Result<Sess
             "origin",
             true,
             Some(&s),
-            format!("{} {} from origin {origin}", req.method, req.path),
+            format!(
+                "{} {} from origin {}",
+                req.method,
+                shown(&req.path),
+                shown(origin)
+            ),
         ))
         .await;
         return Err(Reply::json(
@@ -217,7 +259,7 @@ async fn signed_in_post<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Result<Sess
                 format!(
                     "{} {}: {} CSRF token",
                     req.method,
-                    req.path,
+                    shown(&req.path),
                     if given.is_some() { "a wrong" } else { "no" }
                 ),
             ))
@@ -319,7 +361,7 @@ async fn callback<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Reply {
             "provider_error",
             format!(
                 "the provider answered {}",
-                q.get("error").map(String::as_str).unwrap_or("")
+                shown(q.get("error").map(String::as_str).unwrap_or(""))
             ),
             "The identity provider did not sign you in.",
         )),
@@ -437,6 +479,17 @@ async fn callback<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Reply {
         identity.email.clone(),
         lifetime,
     ) else {
+        ctx.refused(ConsoleEvent {
+            approver: Some(approver.clone()),
+            subject: Some(identity.subject.clone()),
+            ..event(
+                "sessions_full",
+                true,
+                None,
+                "the console has as many open sessions as it keeps".into(),
+            )
+        })
+        .await;
         return Reply::html(
             StatusCode::SERVICE_UNAVAILABLE,
             pages::problem(
@@ -547,23 +600,32 @@ async fn passkey_register<I: Issuer>(ctx: &Ctx<I>, req: &Incoming2) -> Reply {
         .passkeys
         .finish_registration(s.key, &body.id, &body.credential, now)
     {
-        Ok((approver, cred)) => {
+        Ok(new) => {
+            // Audited before it counts.
+            let cred = new.id.clone();
             let e = ConsoleEvent {
                 passkey: Some(cred.clone()),
                 ..event(
                     "passkey_registered",
                     false,
                     Some(&s),
-                    format!("approver {approver} registered a passkey"),
+                    format!("approver {} registered a passkey", new.approver),
                 )
             };
             if let Err(err) = ctx.broker.audit_console(e).await {
                 tracing::error!(error = %err, "cannot audit a passkey registration");
+                return Reply::json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": "the audit log cannot be written; nothing was registered"}),
+                );
             }
-            Reply::json(
-                StatusCode::OK,
-                &json!({"message": "Your passkey is registered.", "passkey": cred}),
-            )
+            match ctx.console.passkeys.keep(new) {
+                Ok(()) => Reply::json(
+                    StatusCode::OK,
+                    &json!({"message": "Your passkey is registered.", "passkey": cred}),
+                ),
+                Err(e) => passkey_refused(ctx, &s, &e, None).await,
+            }
         }
         Err(e) => passkey_refused(ctx, &s, &e, None).await,
     }

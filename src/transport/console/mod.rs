@@ -34,8 +34,11 @@ pub use handlers::Action;
 
 /// Concurrent connections.
 pub const MAX_CONNECTIONS: usize = 256;
-/// Time to send the request head.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to send the request head (and, with TLS, to finish the handshake).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections one address may hold when the console faces the network itself (not on
+/// loopback, where every client is the proxy).
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
 /// Whole-connection time limit.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// Read buffer (bounds the request head).
@@ -152,6 +155,42 @@ pub fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Connections per client address (not counted on loopback).
+#[derive(Default)]
+struct PerAddress(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's place in [`PerAddress`], given back on drop.
+struct Slot(Option<(Arc<PerAddress>, std::net::IpAddr)>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some((p, ip)) = self.0.take() {
+            let mut m = p.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
+        if ip.is_loopback() {
+            return Some(Slot(None));
+        }
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Slot(Some((self.clone(), ip))))
+    }
+}
+
 struct Ctx<I: Issuer> {
     broker: Arc<Broker<I>>,
     console: Arc<Console>,
@@ -167,12 +206,14 @@ pub async fn serve<I: Issuer>(
 ) {
     let ctx = Arc::new(Ctx { broker, console });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address = Arc::new(PerAddress::default());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
+                let Some(slot) = per_address.take(peer.ip()) else { continue };
                 let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
                 let ctx = ctx.clone();
                 let tls = tls.clone();
@@ -181,10 +222,12 @@ pub async fn serve<I: Issuer>(
                         let ctx = ctx.clone();
                         async move { Ok::<_, Infallible>(respond(&ctx, req).await) }
                     });
+                    // One request per connection: a connection is never held between pages.
                     let builder = {
                         let mut b = hyper::server::conn::http1::Builder::new();
                         b.timer(hyper_util::rt::TokioTimer::new())
                             .header_read_timeout(HEADER_TIMEOUT)
+                            .keep_alive(false)
                             .max_buf_size(MAX_HEADER_BYTES);
                         b
                     };
@@ -192,6 +235,7 @@ pub async fn serve<I: Issuer>(
                         Some(acceptor) => {
                             let Ok(Ok(stream)) = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await else {
                                 drop(permit);
+                                drop(slot);
                                 return;
                             };
                             let io = hyper_util::rt::TokioIo::new(stream);
@@ -203,6 +247,7 @@ pub async fn serve<I: Issuer>(
                         }
                     }
                     drop(permit);
+                    drop(slot);
                 });
             }
         }
@@ -373,8 +418,10 @@ async fn respond<I: Issuer>(ctx: &Ctx<I>, req: Request<Incoming>) -> Response<Fu
 impl<I: Issuer> Ctx<I> {
     /// Audits a refusal at the door (within the budget; always logged).
     async fn refused(&self, mut e: ConsoleEvent) {
-        tracing::warn!(what = %e.what, subject = ?e.subject, message = %e.message, "console refused");
-        let budget = if e.subject.is_some() {
+        tracing::warn!(what = %e.what, approver = ?e.approver, message = %e.message, "console refused");
+        // Only an approver's refusals get their own budget: anyone with an account at the
+        // provider can produce refusals with a subject.
+        let budget = if e.approver.is_some() {
             &self.console.signed_in_refusals
         } else {
             &self.console.anonymous_refusals

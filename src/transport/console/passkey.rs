@@ -79,6 +79,14 @@ struct Stored {
     key: Passkey,
 }
 
+/// A passkey whose registration verified, not kept yet.
+pub struct NewPasskey {
+    pub approver: String,
+    /// Its credential id (base64url).
+    pub id: String,
+    stored: Stored,
+}
+
 /// A confirmation in flight: what the passkey is asked to confirm.
 struct Confirming<A> {
     session: [u8; 32],
@@ -153,11 +161,37 @@ fn user_id(approver: &str) -> Uuid {
     Uuid::from_bytes(b)
 }
 
-fn prune<V>(map: &mut HashMap<String, V>, at: impl Fn(&V) -> Instant) {
+/// Ceremonies one sign-in may have in flight; beyond it, its own oldest goes.
+pub const MAX_PENDING_PER_SESSION: usize = 4;
+
+/// Drops expired ceremonies; makes room for one more of `session`: its own oldest goes when it
+/// has [`MAX_PENDING_PER_SESSION`], and when the table is full, the oldest of the session
+/// holding the most (so that one approver cannot cancel another's confirmation).
+fn prune<V>(
+    map: &mut HashMap<String, V>,
+    session: [u8; 32],
+    at: impl Fn(&V) -> Instant,
+    of: impl Fn(&V) -> [u8; 32],
+) {
     map.retain(|_, v| at(v).elapsed() < CEREMONY_TTL);
-    while map.len() >= MAX_PENDING {
+    loop {
+        let mut per: HashMap<[u8; 32], usize> = HashMap::new();
+        for v in map.values() {
+            *per.entry(of(v)).or_default() += 1;
+        }
+        let victim = if per.get(&session).copied().unwrap_or(0) >= MAX_PENDING_PER_SESSION {
+            session
+        } else if map.len() >= MAX_PENDING {
+            match per.iter().max_by_key(|(_, n)| **n) {
+                Some((s, _)) => *s,
+                None => break,
+            }
+        } else {
+            break;
+        };
         let Some(oldest) = map
             .iter()
+            .filter(|(_, v)| of(v) == victim)
             .min_by_key(|(_, v)| at(v))
             .map(|(k, _)| k.clone())
         else {
@@ -165,6 +199,10 @@ fn prune<V>(map: &mut HashMap<String, V>, at: impl Fn(&V) -> Instant) {
         };
         map.remove(&oldest);
     }
+}
+
+fn expire<V>(map: &mut HashMap<String, V>, at: impl Fn(&V) -> Instant) {
+    map.retain(|_, v| at(v).elapsed() < CEREMONY_TTL);
 }
 
 impl<A: Clone> Passkeys<A> {
@@ -247,7 +285,7 @@ impl<A: Clone> Passkeys<A> {
             .map_err(|e| PasskeyError::Verify(e.to_string()))?;
         let id = nonce();
         let mut reg = self.registering.lock().unwrap_or_else(|e| e.into_inner());
-        prune(&mut reg, |r| r.at);
+        prune(&mut reg, session, |r| r.at, |r| r.session);
         reg.insert(
             id.clone(),
             Registering {
@@ -260,17 +298,18 @@ impl<A: Clone> Passkeys<A> {
         Ok((id, options))
     }
 
-    /// Finishes a registration; the new credential id.
+    /// Checks a registration's answer: the passkey to keep (not kept yet: the caller audits
+    /// it first, then [`Passkeys::keep`]s it).
     pub fn finish_registration(
         &self,
         session: [u8; 32],
         id: &str,
         answer: &RegisterPublicKeyCredential,
         now: i64,
-    ) -> Result<(String, String), PasskeyError> {
+    ) -> Result<NewPasskey, PasskeyError> {
         let r = {
             let mut reg = self.registering.lock().unwrap_or_else(|e| e.into_inner());
-            prune(&mut reg, |r| r.at);
+            expire(&mut reg, |r| r.at);
             reg.remove(id).ok_or(PasskeyError::UnknownCeremony)?
         };
         if r.session != session {
@@ -281,23 +320,31 @@ impl<A: Clone> Passkeys<A> {
             .finish_passkey_registration(answer, &r.state)
             .map_err(|e| PasskeyError::Verify(e.to_string()))?;
         let cred = b64url(key.cred_id().as_ref());
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        let mine = keys.entry(r.approver.clone()).or_default();
-        if !mine.is_empty() {
+        if !self.registered(&r.approver).is_empty() {
             return Err(PasskeyError::AlreadyRegistered(r.approver));
         }
-        if mine.len() >= MAX_PER_APPROVER {
-            return Err(PasskeyError::AlreadyRegistered(r.approver));
-        }
-        mine.push(Stored {
+        Ok(NewPasskey {
+            approver: r.approver,
             id: cred.clone(),
-            registered_at: now,
-            key,
-        });
+            stored: Stored {
+                id: cred,
+                registered_at: now,
+                key,
+            },
+        })
+    }
+
+    /// Keeps a registered passkey (written to the file before it counts).
+    pub fn keep(&self, new: NewPasskey) -> Result<(), PasskeyError> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = keys.entry(new.approver.clone()).or_default();
+        if !mine.is_empty() || mine.len() >= MAX_PER_APPROVER {
+            return Err(PasskeyError::AlreadyRegistered(new.approver));
+        }
+        mine.push(new.stored);
         let snapshot = keys.clone();
         drop(keys);
-        self.save(&snapshot)?;
-        Ok((r.approver, cred))
+        self.save(&snapshot)
     }
 
     /// Starts confirming `action` (described by `action_text`) with the approver's passkey:
@@ -327,7 +374,7 @@ impl<A: Clone> Passkeys<A> {
         options.public_key.challenge = derived.clone();
         let state = with_challenge(state, &derived)?;
         let mut pending = self.confirming.lock().unwrap_or_else(|e| e.into_inner());
-        prune(&mut pending, |c| c.at);
+        prune(&mut pending, session, |c| c.at, |c| c.session);
         pending.insert(
             nonce.clone(),
             Confirming {
@@ -353,7 +400,7 @@ impl<A: Clone> Passkeys<A> {
     ) -> Result<(String, A, String), PasskeyError> {
         let c = {
             let mut pending = self.confirming.lock().unwrap_or_else(|e| e.into_inner());
-            prune(&mut pending, |c| c.at);
+            expire(&mut pending, |c| c.at);
             pending.remove(nonce).ok_or(PasskeyError::UnknownCeremony)?
         };
         if c.session != session {

@@ -17,6 +17,8 @@ use super::oidc::Pending;
 pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 /// Signed-in sessions at most (a new sign-in beyond it is refused until one ends).
 pub const MAX_SESSIONS: usize = 1024;
+/// Sessions one person (OpenID subject) may have; a new sign-in ends their oldest.
+pub const MAX_SESSIONS_PER_SUBJECT: usize = 8;
 
 /// The cookie that names a session (`__Host-`: Secure, Path=/, no Domain, so that no sibling
 /// subdomain can set or shadow it).
@@ -186,6 +188,17 @@ impl Sessions {
     ) -> Option<String> {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         live.retain(|_, s| s.expires > Instant::now());
+        while live.values().filter(|s| s.subject == subject).count() >= MAX_SESSIONS_PER_SUBJECT {
+            let Some(oldest) = live
+                .iter()
+                .filter(|(_, s)| s.subject == subject)
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            live.remove(&oldest);
+        }
         if live.len() >= MAX_SESSIONS {
             return None;
         }
@@ -232,6 +245,23 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_person_holds_a_bounded_number_of_sessions() {
+        let s = Sessions::default();
+        let first = s
+            .create("a".into(), "sub".into(), None, Duration::from_secs(60))
+            .unwrap();
+        for _ in 0..MAX_SESSIONS_PER_SUBJECT {
+            s.create("a".into(), "sub".into(), None, Duration::from_secs(60))
+                .unwrap();
+        }
+        assert_eq!(s.get(Some(&first)).unwrap_err(), NoSession::Missing);
+        let other = s
+            .create("b".into(), "other".into(), None, Duration::from_secs(60))
+            .unwrap();
+        assert!(s.get(Some(&other)).is_ok());
+    }
 
     #[test]
     fn sessions_expire_and_end_and_csrf_is_exact() {
