@@ -711,3 +711,83 @@ fn the_console_serves_tls_itself() {
     let (status, _, _) = http(port, "GET", "/", &[], "");
     assert_eq!(status, 0);
 }
+
+/// The CSRF token a page carries.
+fn csrf_of(body: &str) -> String {
+    body.split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF token in {body}"))
+        .to_owned()
+}
+
+#[test]
+fn an_approver_revokes_a_session_and_pauses_from_the_console() {
+    let port = common::free_port();
+    let idp_port = common::free_port();
+    let issuer = format!("http://localhost:{idp_port}");
+    let s = daemon(port, &issuer, "", "");
+    let _idp = evil_idp(port, idp_port, "ok", "peer-1");
+    let o = s.d.mandate(&["credential-process", "readonly"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let key: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let key = key["AccessKeyId"].as_str().unwrap().to_owned();
+    let (status, h, body) = sign_in_over_http(port, idp_port);
+    assert_eq!(status, 200, "{body}");
+    let cookie = format!(
+        "__Host-mandate_session={}",
+        cookie_value(&h, "__Host-mandate_session").unwrap()
+    );
+    // The live session is listed, with its access key id (never its secret).
+    let (status, _, page) = http(port, "GET", "/sessions", &[("Cookie", &cookie)], "");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&key), "{page}");
+    let session = page
+        .split("name=\"session\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let csrf = csrf_of(&page);
+    let form = [
+        ("Cookie", cookie.as_str()),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Origin", &format!("http://localhost:{port}")),
+    ];
+    let (status, h, body) = http(
+        port,
+        "POST",
+        "/sessions/revoke",
+        &form,
+        &format!("csrf={csrf}&session={session}"),
+    );
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(header(&h, "location"), Some("/sessions"));
+    // The revoked session is no longer handed out: the next one is new.
+    let o = s.d.mandate(&["credential-process", "readonly"]);
+    let again: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_ne!(again["AccessKeyId"].as_str().unwrap(), key);
+    // Pause from the console: every agent stops.
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/controls/pause",
+        &form,
+        &format!("csrf={csrf}&reason=incident+7"),
+    );
+    assert_eq!(status, 303, "{body}");
+    let o = s.d.mandate(&["credential-process", "readonly"]);
+    assert_eq!(o.status.code(), Some(5));
+    assert!(stderr(&o).contains("incident 7"), "{}", stderr(&o));
+    let (_, _, page) = http(port, "GET", "/controls", &[("Cookie", &cookie)], "");
+    assert!(page.contains("Issuing is paused"), "{page}");
+    assert!(page.contains("Resume with passkey"), "{page}");
+    // Both audited with the approver's subject.
+    let audit = s.d.audit();
+    for kind in ["revoked", "paused"] {
+        let r = records(&audit, |r| r["kind"] == kind);
+        assert_eq!(r.len(), 1, "{kind}: {audit:#?}");
+        assert_eq!(r[0]["approver"], "peer-1");
+        assert_eq!(r[0]["oidc_subject"], "peer-1");
+    }
+}
