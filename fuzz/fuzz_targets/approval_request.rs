@@ -72,6 +72,7 @@ fuzz_target!(|data: &[u8]| {
                 let voter = Voter {
                     name: NAMES[who],
                     uids: UIDS[who],
+                    subject: None,
                 };
                 match r.vote(&voter, &PARTIES, op % 4 == 0, None, now, 600) {
                     Ok((next, _)) => {
