@@ -66,15 +66,7 @@ fn setup(approvers: &str) -> Setup {
 
 /// The provider now vouches for `sub` (percent-encoded by the caller if need be).
 fn vouch_for(idp_port: u16, sub: &str) {
-    let host = format!("localhost:{idp_port}");
-    let (status, _, body) = http(
-        idp_port,
-        "GET",
-        &format!("/mode?set=ok&sub={sub}"),
-        &[("Host", &host)],
-        "",
-    );
-    assert_eq!(status, 200, "{body}");
+    common::console::set_mode(idp_port, "ok", sub);
 }
 
 /// A sign-in started and taken through the provider: (login cookie, callback path).

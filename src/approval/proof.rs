@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{ApprovalRequest, Requirement, Stage, Vote};
-use crate::policy::hex;
+use crate::policy::{hex, unhex};
 
 /// Who signed a vote (the fingerprint of their public key) and the Ed25519 signature.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,16 +101,6 @@ pub fn sign(r: &ApprovalRequest, vote: &mut Vote, key: &SigningKey) {
         key: fingerprint(&key.verifying_key()),
         sig: hex(&sig.to_bytes()),
     });
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
 }
 
 /// Why a vote does not count, if it does not.

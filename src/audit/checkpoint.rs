@@ -12,19 +12,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::verify::{Checkpoint, canonical};
-use crate::policy::hex;
+use crate::policy::{hex, unhex};
 
 pub const CHECKPOINT_FILE: &str = "checkpoints.jsonl";
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
 
 /// Short, stable name of a public key (first 16 hex digits of its sha256).
 pub fn fingerprint(key: &VerifyingKey) -> String {

@@ -64,11 +64,9 @@ fn hash(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
 }
 
-/// A random token: 256 bits, base64url.
+/// A random token: 256 bits, hex (the agent tokens' generator).
 pub fn token() -> String {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).expect("the OS random source works");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::transport::http::new_token()
 }
 
 /// Signed-in sessions, and the key that seals sign-ins in flight.
@@ -104,18 +102,12 @@ pub enum LoginProblem {
     Expired,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
+/// A sealed field's bytes (bounded: a sealed sign-in is small).
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || s.len() > 2048 {
+    if s.len() > 2048 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    crate::policy::unhex(s)
 }
 
 impl Sessions {
@@ -134,12 +126,12 @@ impl Sessions {
         let (state, nonce, verifier) = pending.parts();
         let body = format!(
             "{now}.{}.{}.{}",
-            hex(state.as_bytes()),
-            hex(nonce.as_bytes()),
-            hex(verifier.as_bytes())
+            crate::policy::hex(state.as_bytes()),
+            crate::policy::hex(nonce.as_bytes()),
+            crate::policy::hex(verifier.as_bytes())
         );
         let tag = self.mac(&body).finalize().into_bytes();
-        format!("{body}.{}", hex(&tag))
+        format!("{body}.{}", crate::policy::hex(&tag))
     }
 
     /// The sign-in a login cookie seals, if it is this process's, recent, and for `state`.
